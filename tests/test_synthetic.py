@@ -1,0 +1,111 @@
+import dataclasses
+import filecmp
+
+import numpy as np
+import pytest
+
+from fashionsearchnet.catalog import read_catalog
+from fashionsearchnet.cli import main
+from fashionsearchnet.synthetic import COLORS, PALETTE, SKIN, Spec, make_item, render, sample_spec, schema
+from fashionsearchnet.schema import UNKNOWN
+
+
+def _mask(a, color):
+    return (np.abs(a.astype(int) - np.asarray(color)).sum(-1) == 0)
+
+
+def _inside(mask, boxes, tol=1.0):
+    h, w = mask.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    cx, cy = xx + 0.5, yy + 0.5  # pixel centres
+    ok = np.zeros_like(mask)
+    for x0, y0, x1, y1 in boxes:
+        ok |= (cx >= x0 - tol) & (cx <= x1 + tol) & (cy >= y0 - tol) & (cy <= y1 + tol)
+    return ok
+
+
+@pytest.mark.parametrize("category", range(4))
+@pytest.mark.parametrize("sleeve_length", [1, 2])
+def test_boxes_contain_drawn_parts(category, sleeve_length):
+    bg = (128, 128, 128)
+    spec = Spec(category=category, color=COLORS.index("blue"), pattern=0, sleeve_length=sleeve_length,
+                sleeve_color=COLORS.index("red"), neckline=1, angle=9.0, background=bg, cx=0.5, cy=0.5, scale=0.9)
+    img, boxes = render(spec, 128)
+    a = np.asarray(img)
+    red, blue, skin = _mask(a, PALETTE["red"]), _mask(a, PALETTE["blue"]), _mask(a, SKIN)
+    assert len(boxes["sleeve"]) == 2
+    # every pixel of a part lies inside its boxes ...
+    assert not (red & ~_inside(red, boxes["sleeve"])).any()
+    assert not (skin & ~_inside(skin, boxes["neck"])).any()
+    assert not (blue & ~_inside(blue, boxes["body"])).any()
+    # ... each box is mostly made of its part ...
+    for box in boxes["sleeve"]:
+        inside = _inside(red, [box], tol=0)
+        assert red[inside].mean() > 0.25  # a slanted sleeve fills a good part of its box
+    assert skin[_inside(skin, boxes["neck"], tol=0)].mean() > 0.3
+    # ... and outside all boxes there is only background
+    outside = ~_inside(red, boxes["sleeve"] + boxes["neck"] + boxes["body"])
+    assert _mask(a, bg)[outside].all()
+
+
+def test_no_sleeves_no_sleeve_box_and_unknown_colour():
+    spec = Spec(category=0, color=0, pattern=1, sleeve_length=0, sleeve_color=3, neckline=0)
+    _, boxes = render(spec, 64)
+    assert "sleeve" not in boxes
+    assert spec.labels()[schema().attribute_index("sleeve_color")] == UNKNOWN
+
+
+def test_sampled_sleeves_are_drawn_in_their_boxes():
+    for i in range(30):
+        spec = dataclasses.replace(sample_spec(np.random.default_rng([7, i])), brightness=1.0, gradient=(0.0, 0.0), noise=0.0)
+        img, boxes = render(spec, 96)
+        a = np.asarray(img)
+        if spec.sleeve_length:
+            m = _mask(a, PALETTE[COLORS[spec.sleeve_color]])
+            for box in boxes["sleeve"]:
+                assert m[_inside(m, [box], tol=0)].mean() > 0.15
+
+
+def test_same_seed_identical_other_seed_differs(tmp_path):
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        assert main(["synth", str(tmp_path / name), "--n", "40", "--size", "48", "--seed", str(seed), "--workers", "1"]) == 0
+    cmp = filecmp.dircmp(tmp_path / "a", tmp_path / "b")
+    assert not cmp.diff_files and not cmp.left_only and not cmp.right_only
+    assert not filecmp.dircmp(tmp_path / "a" / "images", tmp_path / "b" / "images").diff_files
+    for f in (tmp_path / "a" / "images").iterdir():
+        assert f.read_bytes() == (tmp_path / "b" / "images" / f.name).read_bytes()
+    assert (tmp_path / "a/catalog.csv").read_text() != (tmp_path / "c/catalog.csv").read_text()
+    assert (tmp_path / "a/images/000000.jpg").read_bytes() != (tmp_path / "c/images/000000.jpg").read_bytes()
+
+
+def test_worker_count_does_not_change_output(tmp_path):
+    from fashionsearchnet.synthetic import generate
+
+    generate(tmp_path / "one", 300, 32, seed=1, workers=1)
+    generate(tmp_path / "two", 300, 32, seed=1, workers=2)
+    assert (tmp_path / "one/catalog.csv").read_bytes() == (tmp_path / "two/catalog.csv").read_bytes()
+    assert (tmp_path / "one/images/000299.jpg").read_bytes() == (tmp_path / "two/images/000299.jpg").read_bytes()
+
+
+def test_catalog_loads_with_boxes_and_all_values(synth_small):
+    cat = read_catalog(synth_small, check_images=True)
+    assert len(cat) == 120
+    assert set(r.split for r in cat) == {"train", "val", "test"}
+    assert all("body" in r.boxes and "neck" in r.boxes for r in cat)
+    labels = cat.labels()
+    for a, attr in enumerate(cat.schema.attributes):
+        assert set(labels[:, a][labels[:, a] >= 0]) == set(range(attr.num_values))
+
+
+def test_items_depend_on_seed_and_index_only():
+    a, _, _ = make_item(2, 17, 48)
+    b, _, _ = make_item(2, 17, 48)
+    c, _, _ = make_item(2, 18, 48)
+    assert a.tobytes() == b.tobytes() != c.tobytes()
+
+
+def test_bad_arguments(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "x"), "--n", "0"]) == 2
+    assert "--n must be at least 1" in capsys.readouterr().err
+    assert main(["synth", str(tmp_path / "x"), "--size", "8"]) == 2
+    assert not (tmp_path / "x").exists()
