@@ -72,6 +72,75 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import load_config, train
+
+    if args.resume and (args.config or args.overrides):
+        raise UsageError("--resume continues with the run's stored configuration; drop --config and key=value overrides")
+    if args.resume:
+        import json
+
+        stored = json.loads((args.out / "run_config.json").read_text()) if (args.out / "run_config.json").is_file() else None
+        if stored is None:
+            raise FileNotFoundError(f"{args.out}: nothing to resume (no run_config.json)")
+        stored.pop("data", None)
+        cfg = load_config(None, [f"{k}={v}" for k, v in stored.items()])
+    else:
+        cfg = load_config(args.config, args.overrides)
+    train(args.data, args.out, cfg, resume=args.resume, force=args.force, progress=progress)
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .indexing import build_index
+
+    if args.model is None:
+        raise UsageError("--model RUN is required")
+    build_index(args.model, args.data, args.out, backend=args.backend, kind=args.kind, uri=args.uri, split=args.split,
+                resume=args.resume, add=args.add, batch_size=args.batch_size, chunk=args.chunk, device=args.device, progress=progress)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import json
+
+    from .search import Query, Searcher, parse_edit
+
+    if (args.item is None) == (args.image is None):
+        raise UsageError("give exactly one of --item ID or --image PATH")
+    edits = [parse_edit(e) for e in args.set]
+    filters = {}
+    for f in args.filter:
+        if "=" not in f:
+            raise UsageError(f"--filter {f!r} must look like attribute=value")
+        k, v = f.split("=", 1)
+        filters[k.strip()] = v.strip()
+    searcher = Searcher.open(args.index, model=args.model, backend=args.backend)
+    try:
+        image = None
+        if args.image is not None:
+            from .images import load_image
+
+            image = load_image(args.image)
+        q = Query(item_id=args.item, image=image, edits=edits, filters=filters, k=args.k, offset=args.offset, extra_weight=args.extra_weight)
+        resp = searcher.search(q)
+    finally:
+        searcher.close()
+    if args.json:
+        print(json.dumps(resp.to_dict(), indent=1))
+        return 0
+    qi = resp.query
+    print(f"query {qi['id'] or args.image}: " + ", ".join(f"{a}={p['value']} ({p['confidence']:.2f})" for a, p in qi["predicted"].items()))
+    if qi["edits"]:
+        print("edits: " + ", ".join(e["edit"] for e in qi["edits"]) + f" -> blocks {', '.join(qi['changed_blocks'])}")
+    for r in resp.results:
+        top = ", ".join(f"{b} {v:+.2f}" for b, v in sorted(r.breakdown.items(), key=lambda kv: -abs(kv[1]))[:4])
+        attrs = ", ".join(f"{a}={p['value']}" for a, p in r.predicted.items())
+        print(f"{r.rank:>3}. {r.id:<14} score {r.score:.4f}  [{attrs}]  ({top})")
+    print(f"{len(resp.results)} of {resp.total} items shown")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -115,6 +184,41 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("info", cmd_info, "validate a catalog and print its summary")
     sp.add_argument("catalog", type=Path)
     sp.add_argument("--check-images", action="store_true", help="also check that every image file exists")
+
+    sp = add("train", cmd_train, "train a FashionSearchNet model on a catalog")
+    sp.add_argument("--data", type=Path, required=True, help="catalog folder (uses its train and val splits)")
+    sp.add_argument("--out", type=Path, required=True, help="run folder to write")
+    sp.add_argument("--config", help="a TOML file, or a packaged config: synthetic, cad, fashion-product, paper-alexnet")
+    sp.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. epochs_global=2 localization=false")
+    sp.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    sp.add_argument("--force", action="store_true", help="start over in a folder that holds a run")
+
+    sp = add("index", cmd_index, "embed a catalog with a trained model into a searchable index")
+    sp.add_argument("--model", type=Path, help="run folder (or model.safetensors) of a trained model")
+    sp.add_argument("--data", type=Path, required=True, help="catalog to index")
+    sp.add_argument("--out", type=Path, required=True, help="index folder")
+    sp.add_argument("--backend", default="faiss", choices=["faiss", "milvus", "numpy"], help="vector engine (default faiss)")
+    sp.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"], help="FAISS index kind (default flat: exact)")
+    sp.add_argument("--uri", help="Milvus URI: a server (http://host:19530) or, by default, a milvus-lite file inside the index")
+    sp.add_argument("--split", choices=["train", "val", "test"], help="index one split only (default: all items)")
+    sp.add_argument("--resume", action="store_true", help="continue an interrupted build")
+    sp.add_argument("--add", action="store_true", help="add the catalog's items to the existing index")
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--chunk", type=int, default=512, help="items per saved chunk (the unit of --resume)")
+    sp.add_argument("--device", default="auto")
+
+    sp = add("search", cmd_search, "search an index: similar items, attribute and region edits")
+    sp.add_argument("--index", type=Path, required=True)
+    sp.add_argument("--item", help="query by catalog item id")
+    sp.add_argument("--image", type=Path, help="query by an image file")
+    sp.add_argument("--set", action="append", default=[], metavar="[REGION:]ATTR=VALUE", help="change an attribute (repeatable): neckline=v-neck, sleeve:color=red")
+    sp.add_argument("--filter", action="append", default=[], metavar="ATTR=VALUE", help="keep only items predicted to have this value (repeatable)")
+    sp.add_argument("--k", type=int, default=10)
+    sp.add_argument("--offset", type=int, default=0)
+    sp.add_argument("--extra-weight", type=float, default=1.0, help="extra weight on changed attributes (default 1: doubled)")
+    sp.add_argument("--model", type=Path, help="check that the index was built with this model")
+    sp.add_argument("--backend", choices=["faiss", "milvus", "numpy"], help="override the index's backend (numpy: brute force)")
+    sp.add_argument("--json", action="store_true", help="print the full response as JSON")
 
     sp = add("demo", cmd_demo, "run the whole pipeline on the built-in synthetic catalog")
     sp.add_argument("--out", type=Path, default=Path("fsn-demo"), help="working folder (default ./fsn-demo)")

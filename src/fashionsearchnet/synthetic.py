@@ -160,11 +160,12 @@ def _sleeves(sleeve_length: int, top: float, hw: float) -> list[list[tuple[float
 
 
 def _neck(neckline: int, top: float) -> list[tuple[float, float]]:
+    # wide and deep enough to span a cell of a stride-16 grid at 128 px
     if neckline == 0:  # round: half ellipse below the shoulder line
-        return [(0.075 * math.cos(t), top + 0.075 * math.sin(t)) for t in np.linspace(0, math.pi, 13)]
+        return [(0.10 * math.cos(t), top + 0.10 * math.sin(t)) for t in np.linspace(0, math.pi, 13)]
     if neckline == 1:  # v-neck
-        return [(-0.075, top), (0.075, top), (0.0, top + 0.16)]
-    return [(-0.07, top), (0.07, top), (0.07, top + 0.085), (-0.07, top + 0.085)]
+        return [(-0.10, top), (0.10, top), (0.0, top + 0.21)]
+    return [(-0.09, top), (0.09, top), (0.09, top + 0.11), (-0.09, top + 0.11)]
 
 
 def _transform(spec: Spec, size: int):

@@ -1,0 +1,180 @@
+"""Training throughput and peak memory per backbone at 224 px (CPU, and GPU with bf16 where present).
+
+    python bench/train_throughput.py [--device cpu|cuda|all] [--batch N] [--steps N] [--pipeline]
+
+Two measurements per backbone and device:
+- ``model``: images per second of full training steps (forward, all four losses, backward,
+  AdamW) on batches already on the device: what the model costs.
+- ``pipeline`` (with --pipeline): the same steps fed from a catalog of 224 px JPEGs, through the
+  training code's own input path (the in-memory uint8 cache + on-device augmentation), plus the
+  decode rate of that cache build: what limits an end-to-end run.
+
+12 attributes with Shopping100k's value counts (16, 17, 19, 14, 10, 15, 2, 11, 16, 7, 9, 15) and
+the paper-sized head (conv6/conv7 1024 channels, 512-wide branches, 64-d representations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from fashionsearchnet.data import augment, normalise  # noqa: E402
+from fashionsearchnet.device import autocast, prepare_input, prepare_model  # noqa: E402
+from fashionsearchnet.losses import fsn_losses  # noqa: E402
+from fashionsearchnet.model import FashionSearchNet, ModelConfig  # noqa: E402
+
+SHOPPING100K = (16, 17, 19, 14, 10, 15, 2, 11, 16, 7, 9, 15)
+WEIGHTS = {"aam": 1.0, "attr_ce": 1.0, "attr_triplet": 1.0, "global_triplet": 1.0}
+BACKBONES = (("alexnet", False), ("mobilenet_v2", True), ("efficientnet_lite0", True))
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return f"CPU {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; GPU {gpu}; torch {torch.__version__}"
+
+
+def make_model(backbone: str, pretrained: bool, device: torch.device) -> FashionSearchNet:
+    from fashionsearchnet.backbones import backbone_info
+
+    info = backbone_info(backbone)
+    cfg = ModelConfig(num_values=SHOPPING100K, backbone=backbone, image_size=224, mean=info.mean, std=info.std)
+    torch.manual_seed(0)
+    return prepare_model(FashionSearchNet(cfg, pretrained=pretrained), device).train()
+
+
+def labels_for(batch: int, device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    # P×K-like structure: groups of 8 sharing the first attribute's value
+    y = torch.stack([torch.randint(0, n, (batch,), generator=g) for n in SHOPPING100K], 1)
+    y[:, 0] = torch.arange(batch) // 8 % SHOPPING100K[0]
+    return y.to(device)
+
+
+def step_fn(model, opt, device, dtype):
+    def step(images_u8: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
+        x = prepare_input(augment(normalise(images_u8, model.cfg.mean, model.cfg.std), gen), device)
+        with autocast(device, dtype):
+            out = model(x, y)
+        parts = fsn_losses(out, y, model.cfg.num_values, WEIGHTS, 0.5, "semi_hard")
+        opt.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        opt.step()
+
+    return step
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_model(backbone, pretrained, device, dtype, batch, steps, warmup=2):
+    model = make_model(backbone, pretrained, device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
+    step = step_fn(model, opt, device, dtype)
+    images = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, device=device)
+    y = labels_for(batch, device)
+    gen = torch.Generator().manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(warmup):
+        step(images, y, gen)
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step(images, y, gen)
+    sync(device)
+    dt = time.perf_counter() - t
+    return model, opt, batch * steps / dt
+
+
+def peak_memory(device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB GPU"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS"
+
+
+def bench_pipeline(model, opt, device, dtype, batch, steps, catalog: Path):
+    from fashionsearchnet.catalog import read_catalog
+    from fashionsearchnet.data import ImageSource
+
+    cat = read_catalog(catalog)
+    paths = [cat.image_path(r) for r in cat.records]
+    t = time.perf_counter()
+    src = ImageSource(paths, 224, cache=True)
+    decode_rate = len(paths) / (time.perf_counter() - t)
+    cached = src.cached.to(device) if device.type == "cuda" else src.cached  # the whole cache on the GPU
+    step = step_fn(model, opt, device, dtype)
+    y = labels_for(batch, device)
+    gen = torch.Generator().manual_seed(1)
+    n = cached.shape[0]
+    sync(device)
+    t = time.perf_counter()
+    for s in range(steps):
+        idx = torch.randint(0, n, (batch,), generator=gen).to(cached.device)
+        step(cached[idx].to(device, non_blocking=True), y, gen)
+    sync(device)
+    return batch * steps / (time.perf_counter() - t), decode_rate
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    ap.add_argument("--batch", type=int, default=0, help="default: 32 on CPU, 256 on GPU")
+    ap.add_argument("--steps", type=int, default=0, help="default: 3 on CPU, 30 on GPU")
+    ap.add_argument("--pipeline", action="store_true", help="also measure the JPEG input pipeline")
+    ap.add_argument("--pipeline-images", type=int, default=2000)
+    ap.add_argument("--backbones", default="alexnet,mobilenet_v2,efficientnet_lite0")
+    args = ap.parse_args(argv)
+    devices = []
+    if args.device in ("cpu", "all"):
+        devices.append(torch.device("cpu"))
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    print(f"machine: {machine()}")
+    catalog = None
+    if args.pipeline:
+        from fashionsearchnet.synthetic import generate
+
+        catalog = Path(tempfile.mkdtemp()) / "cat"
+        generate(catalog, args.pipeline_images, 224, seed=0)
+    wanted = set(args.backbones.split(","))
+    print(f"{'device':<6} {'backbone':<19} {'batch':>5} {'precision':>9} {'model img/s':>12} {'pipeline img/s':>15} {'decode img/s':>13}  peak memory")
+    for device in devices:
+        batch = args.batch or (256 if device.type == "cuda" else 32)
+        steps = args.steps or (30 if device.type == "cuda" else 3)
+        dtype = torch.bfloat16 if device.type == "cuda" else None
+        for name, pretrained in BACKBONES:
+            if name not in wanted:
+                continue
+            model, opt, rate = bench_model(name, pretrained, device, dtype, batch, steps)
+            pipe, dec = (float("nan"), float("nan"))
+            if catalog is not None:
+                pipe, dec = bench_pipeline(model, opt, device, dtype, batch, steps, catalog)
+            print(f"{device.type:<6} {name:<19} {batch:>5} {'bf16' if dtype else 'fp32':>9} {rate:>12.1f} {pipe:>15.1f} {dec:>13.1f}  {peak_memory(device)}", flush=True)
+            del model, opt
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Pure tensor functions: attribute activation maps -> regions of interest, and their scores.
+
+Coordinates: a map of H×W cells; cell (i, j) covers x ∈ [j, j+1), y ∈ [i, i+1). Boxes are
+``[x0, y0, x1, y1]`` in those units with 0 ≤ x0 < x1 ≤ W and 0 ≤ y0 < y1 ≤ H, ready for
+``torchvision.ops.roi_align(..., spatial_scale=1, aligned=True)`` on a feature map of the same grid.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max scale each (…, H, W) map to [0, 1]; a constant map becomes all ones."""
+    flat = maps.flatten(-2)
+    lo = flat.min(-1, keepdim=True).values
+    hi = flat.max(-1, keepdim=True).values
+    span = hi - lo
+    out = torch.where(span > 0, (flat - lo) / span.clamp_min(1e-12), torch.ones_like(flat))
+    return out.view_as(maps)
+
+
+def connected_components(mask: torch.Tensor) -> torch.Tensor:
+    """Label 8-connected components of a boolean (N, H, W) mask.
+
+    Returns int64 (N, H, W): 0 for background; a component's label is 1 + the largest flat index
+    (row-major) among its pixels. Computed by max-propagation, all maps at once.
+    """
+    n, h, w = mask.shape
+    fg = mask.to(torch.float32)
+    ids = torch.arange(1, h * w + 1, device=mask.device, dtype=torch.float32).view(1, h, w)
+    lab = (ids * fg).unsqueeze(1)
+    fg4 = fg.unsqueeze(1)
+    # float32 holds integers exactly up to 2**24: enough for any map we threshold (≤ 4096×4096)
+    for _ in range(h * w):
+        for _ in range(4):  # check convergence every few steps: a sync is costlier than a pool
+            lab = F.max_pool2d(lab, 3, 1, 1) * fg4
+        nxt = F.max_pool2d(lab, 3, 1, 1) * fg4
+        if torch.equal(nxt, lab):
+            break
+        lab = nxt
+    return lab.squeeze(1).to(torch.int64)
+
+
+def largest_component_boxes(mask: torch.Tensor) -> torch.Tensor:
+    """Bounding box of the largest 8-connected component of each (N, H, W) mask -> (N, 4).
+
+    Ties go to the component whose largest flat index is smallest. An empty mask gives the whole map.
+    """
+    n, h, w = mask.shape
+    lab = connected_components(mask).view(n, h * w)
+    sizes = torch.zeros(n, h * w + 1, dtype=torch.int64, device=mask.device)
+    sizes.scatter_add_(1, lab, torch.ones_like(lab))
+    sizes[:, 0] = 0
+    best = sizes.argmax(1, keepdim=True)  # first maximum = smallest label among the largest
+    sel = (lab == best) & (best > 0)
+    sel = sel.view(n, h, w)
+    rows, cols = sel.any(2), sel.any(1)  # (N, H), (N, W)
+    ar_h = torch.arange(h, device=mask.device)
+    ar_w = torch.arange(w, device=mask.device)
+    big = torch.iinfo(torch.int64).max
+    y0 = torch.where(rows, ar_h, big).min(1).values
+    y1 = torch.where(rows, ar_h, -1).max(1).values + 1
+    x0 = torch.where(cols, ar_w, big).min(1).values
+    x1 = torch.where(cols, ar_w, -1).max(1).values + 1
+    boxes = torch.stack([x0, y0, x1, y1], 1)
+    empty = ~sel.flatten(1).any(1)
+    whole = torch.tensor([0, 0, w, h], device=mask.device, dtype=torch.int64)
+    return torch.where(empty[:, None], whole, boxes).to(torch.float32)
+
+
+def boxes_from_maps(maps: torch.Tensor, threshold: float = 0.2, upsample: int = 1) -> torch.Tensor:
+    """ROIs of activation maps (N, H, W) -> boxes (N, 4) in map-cell units (see module docstring).
+
+    Each map is optionally upsampled bilinearly by ``upsample`` (finer boxes than the cell grid),
+    min-max normalised, thresholded at ``threshold`` of its range, and the box of its largest
+    connected component is returned.
+    """
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"ROI threshold must be in [0, 1), got {threshold}")
+    maps = maps.detach().float()
+    if upsample > 1:
+        maps = F.interpolate(maps.unsqueeze(1), scale_factor=upsample, mode="bilinear", align_corners=False).squeeze(1)
+    mask = normalise_maps(maps) >= threshold
+    return largest_component_boxes(mask) / float(upsample)
+
+
+def whole_map_boxes(n: int, h: int, w: int, device=None) -> torch.Tensor:
+    """(n, 4) boxes covering the whole map: the no-localization ablation."""
+    return torch.tensor([0.0, 0.0, float(w), float(h)], device=device).expand(n, 4).clone()
+
+
+def peak_points(maps: torch.Tensor, upsample: int = 1) -> torch.Tensor:
+    """(N, H, W) maps -> (N, 2) x, y of each map's maximum (cell centre), in map-cell units."""
+    maps = maps.detach().float()
+    if upsample > 1:
+        maps = F.interpolate(maps.unsqueeze(1), scale_factor=upsample, mode="bilinear", align_corners=False).squeeze(1)
+    n, h, w = maps.shape
+    idx = maps.view(n, -1).argmax(1)
+    y, x = idx // w, idx % w
+    return torch.stack([(x.float() + 0.5), (y.float() + 0.5)], 1) / float(upsample)
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of corresponding boxes (N, 4) and (N, 4) -> (N,)."""
+    ix0, iy0 = torch.maximum(a[:, 0], b[:, 0]), torch.maximum(a[:, 1], b[:, 1])
+    ix1, iy1 = torch.minimum(a[:, 2], b[:, 2]), torch.minimum(a[:, 3], b[:, 3])
+    inter = (ix1 - ix0).clamp_min(0) * (iy1 - iy0).clamp_min(0)
+    area = lambda t: (t[:, 2] - t[:, 0]).clamp_min(0) * (t[:, 3] - t[:, 1]).clamp_min(0)  # noqa: E731
+    return inter / (area(a) + area(b) - inter).clamp_min(1e-12)

