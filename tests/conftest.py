@@ -44,3 +44,30 @@ def synth_small(tmp_path_factory) -> Path:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+TINY_TRAIN = [
+    "backbone=mobilenet_v2", "pretrained=true", "frozen_stages=7", "image_size=64", "conv_channels=16", "hidden=16",
+    "embed_dim=8", "p=3", "k=2", "epochs_localization=1", "epochs_attributes=1", "epochs_global=1",
+    "batches_per_epoch=4", "eval_batch_size=64", "warmup_steps=0",
+]
+
+
+@pytest.fixture(scope="session")
+def trained(synth_small, tmp_path_factory) -> Path:
+    """A tiny model trained on the small synthetic catalog (seconds on a CPU)."""
+    from fashionsearchnet.cli import main
+
+    run = tmp_path_factory.mktemp("model") / "run"
+    assert main(["train", "--data", str(synth_small), "--out", str(run), *TINY_TRAIN]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def index_dir(trained, synth_small, tmp_path_factory) -> Path:
+    """An index of the small synthetic catalog built with the tiny model."""
+    from fashionsearchnet.cli import main
+
+    idx = tmp_path_factory.mktemp("index") / "idx"
+    assert main(["index", "--model", str(trained), "--data", str(synth_small), "--out", str(idx), "--chunk", "16"]) == 0
+    return idx

@@ -17,7 +17,7 @@ from fashionsearchnet.index.store import IndexError_, commit_version, load_index
 from fashionsearchnet.schema import Attribute, Region, Schema
 from fashionsearchnet.search import Edit, Query, SearchError, Searcher, parse_edit
 
-from test_train import TINY
+from conftest import TINY_TRAIN as TINY
 
 
 # -- a hand-made index: every number below can be checked with pen and paper -----------------------
@@ -186,18 +186,9 @@ def test_topk_ties_and_padding():
 
 
 # -- a real model, a real index -------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def trained(synth_small, tmp_path_factory):
-    run = tmp_path_factory.mktemp("model") / "run"
-    assert main(["train", "--data", str(synth_small), "--out", str(run), *TINY]) == 0
-    return run
-
-
-@pytest.fixture(scope="module")
-def built(trained, synth_small, tmp_path_factory):
-    idx = tmp_path_factory.mktemp("index") / "idx"
-    assert main(["index", "--model", str(trained), "--data", str(synth_small), "--out", str(idx), "--chunk", "16"]) == 0
-    return idx
+@pytest.fixture
+def built(index_dir):
+    return index_dir
 
 
 def test_index_and_search_cli(built, trained, synth_small, capsys):

@@ -16,11 +16,7 @@ from fashionsearchnet.losses import fsn_losses
 from fashionsearchnet.model import FashionSearchNet, ModelConfig
 from fashionsearchnet.train import TrainConfig, load_config
 
-TINY = [
-    "backbone=mobilenet_v2", "pretrained=true", "frozen_stages=7", "image_size=64", "conv_channels=16", "hidden=16",
-    "embed_dim=8", "p=3", "k=2", "epochs_localization=1", "epochs_attributes=1", "epochs_global=1",
-    "batches_per_epoch=4", "eval_batch_size=64", "warmup_steps=0",
-]
+from conftest import TINY_TRAIN as TINY
 
 
 def _weights(run, name=ckpt.LAST_FILE):

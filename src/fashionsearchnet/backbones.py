@@ -258,17 +258,23 @@ def freeze_stages(module: nn.Module, n: int) -> None:
             p.requires_grad_(False)
 
 
-def run_backbone(module: nn.Module, x: torch.Tensor, n_frozen: int) -> torch.Tensor:
-    """Forward pass; the first ``n_frozen`` stages run without building a graph (no backward cost)."""
-    if n_frozen <= 0:
-        return module(x)
+def run_backbone(module: nn.Module, x: torch.Tensor, n_frozen: int, tap: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward pass -> (last output, output of stage ``tap``; −1 = the last).
+
+    The first ``n_frozen`` stages run without building a graph (no backward cost).
+    """
     stages = backbone_stages(module)
-    with torch.no_grad():
-        for stage in stages[:n_frozen]:
+    tap = len(stages) - 1 if tap < 0 else tap
+    tapped = None
+    for i, stage in enumerate(stages):
+        if i < n_frozen:
+            with torch.no_grad():
+                x = stage(x)
+        else:
             x = stage(x)
-    for stage in stages[n_frozen:]:
-        x = stage(x)
-    return x
+        if i == tap:
+            tapped = x
+    return x, tapped
 
 
 # -- registry ----------------------------------------------------------------------------------------

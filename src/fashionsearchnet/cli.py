@@ -141,6 +141,34 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import evaluate, public, write_report
+
+    report = evaluate(args.model, args.data, split=args.split, noloc_model=args.noloc_model, max_queries=args.max_queries,
+                      seed=args.seed, extra_weight=args.extra_weight, device=args.device, progress=progress)
+    if args.out:
+        files = write_report(report, args.out, args.model, figures=not args.no_figures)
+        print("wrote " + ", ".join(str(f) for f in files))
+    if args.json:
+        print(json.dumps(public(report), indent=1))
+    elif not args.out:
+        from .report import markdown
+
+        print(markdown(public(report), []))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .api import serve
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"note: listening on {args.host}: the API is reachable from other machines", file=sys.stderr)
+    serve(args.index, args.host, args.port, args.model, args.max_body_mb, args.timeout)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -219,6 +247,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", type=Path, help="check that the index was built with this model")
     sp.add_argument("--backend", choices=["faiss", "milvus", "numpy"], help="override the index's backend (numpy: brute force)")
     sp.add_argument("--json", action="store_true", help="print the full response as JSON")
+
+    sp = add("evaluate", cmd_evaluate, "benchmark protocol, baselines and reports on a catalog's test split")
+    sp.add_argument("--model", type=Path, required=True, help="run folder of the FashionSearchNet model")
+    sp.add_argument("--data", type=Path, required=True)
+    sp.add_argument("--split", default="test", choices=["train", "val", "test"])
+    sp.add_argument("--noloc-model", type=Path, help="the same setup trained with localization=false (baseline)")
+    sp.add_argument("--max-queries", type=int, help="a reproducible sample of the protocol's queries")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--extra-weight", type=float, default=1.0)
+    sp.add_argument("--out", type=Path, help="report folder: report.json, report.md, PNG figures")
+    sp.add_argument("--no-figures", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the JSON report")
+    sp.add_argument("--device", default="auto")
+
+    sp = add("serve", cmd_serve, "serve the web page and the HTTP API for an index")
+    sp.add_argument("--index", type=Path, required=True)
+    sp.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--model", type=Path, help="refuse to start unless the index was built with this model")
+    sp.add_argument("--max-body-mb", type=float, default=8.0, help="largest accepted request body (default 8 MB)")
+    sp.add_argument("--timeout", type=float, default=20.0, help="per-request time limit in seconds (default 20)")
 
     sp = add("demo", cmd_demo, "run the whole pipeline on the built-in synthetic catalog")
     sp.add_argument("--out", type=Path, default=Path("fsn-demo"), help="working folder (default ./fsn-demo)")

@@ -7,6 +7,8 @@ An ``Embedding`` of N items holds (letters as in model.py):
 - ``conf``     (N, A) float32 its probability
 - ``rois``     (N, A, 4) float32 ROI boxes as fractions of the image ([0, 1])
 - ``glob``     (N, C) float32, L2-normalised global average of the backbone features (a baseline)
+- ``logits``   (N, V) float32 attribute-branch logits, all values stacked
+- ``peaks``    (N, A, 2) float32 x, y of each activation map's maximum, fractions of the image
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class Embedding:
     conf: np.ndarray
     rois: np.ndarray
     glob: np.ndarray
+    logits: np.ndarray
+    peaks: np.ndarray
 
     def __len__(self) -> int:
         return self.reps.shape[0]
@@ -48,24 +52,28 @@ class Embedding:
 @torch.no_grad()
 def embed_batch(model, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Embedding:
     """Run every stage on a uint8 batch (B, 3, S, S)."""
+    from .localization import peak_points
+
     cfg = model.cfg
     x = prepare_input(normalise(images.to(device), cfg.mean, cfg.std), device)
     with autocast(device, dtype):
         feats = model.forward_features(x)
         conv7, gap_logits = model.forward_maps(feats)
         values = model.predict_values(gap_logits.float())
-        rois = model.forward_rois(model.activation_maps(conv7, values))
+        maps = model.activation_maps(conv7, values)
+        rois = model.forward_rois(maps)
         reps, attr_logits = model.forward_attributes(feats, rois)
         regions = model.forward_regions(feats, rois)
+    b, a, mh, mw = maps.shape
+    peaks = peak_points(maps.float().reshape(b * a, mh, mw), cfg.roi_upsample).reshape(b, a, 2) / torch.tensor([mw, mh], device=maps.device)
     pred, conf = [], []
     for logits in torch.split(attr_logits.float(), list(cfg.num_values), dim=1):
         p = logits.softmax(1)
         c, v = p.max(1)
         pred.append(v)
         conf.append(c)
-    h, w = feats.shape[-2:]
-    scale = torch.tensor([w, h, w, h], device=rois.device, dtype=torch.float32)
-    glob = torch.nn.functional.normalize(feats.float().mean((2, 3)), dim=1)
+    scale = torch.tensor([mw, mh, mw, mh], device=rois.device, dtype=torch.float32)
+    glob = torch.nn.functional.normalize(feats.conv5.float().mean((2, 3)), dim=1)
     return Embedding(
         reps=reps.float().cpu().numpy(),
         regions=regions.float().cpu().numpy(),
@@ -73,6 +81,8 @@ def embed_batch(model, images: torch.Tensor, device: torch.device, dtype: torch.
         conf=torch.stack(conf, 1).cpu().numpy(),
         rois=(rois.float() / scale).cpu().numpy(),
         glob=glob.cpu().numpy(),
+        logits=attr_logits.float().cpu().numpy(),
+        peaks=peaks.cpu().numpy(),
     )
 
 

@@ -3,13 +3,16 @@
 Named stages, each callable alone (letters: B batch, A attributes, V values of all attributes,
 C backbone channels, K conv7 channels, H×W grid, D embedding, P region pairs):
 
-1. ``forward_features``   images (B, 3, S, S)            -> conv5-level features (B, C, H, W)
-2. ``forward_maps``       features                       -> conv7 (B, K, H, W), GAP logits (B, V)
-   ``activation_maps``    conv7, values (B, A)           -> attribute activation maps (B, A, H, W)
-3. ``forward_rois``       maps                           -> ROIs (B, A, 4) in grid cells
+1. ``forward_features``   images (B, 3, S, S)            -> Features: conv5-level (B, C, H, W) and the
+                                                            map branch's input (by default the same)
+2. ``forward_maps``       features                       -> conv7 (B, K, h, w), pooled logits (B, V)
+   ``activation_maps``    conv7, values (B, A)           -> attribute activation maps (B, A, h, w)
+3. ``forward_rois``       maps                           -> ROIs (B, A, 4) in map cells
 4. ``forward_attributes`` features, ROIs                 -> representations (B, A, D), logits (B, V)
    ``forward_regions``    features, ROIs                 -> region-aware representations (B, P, D)
    ``global_representation`` representations            -> F (B, A·D), each block scaled by w_a
+
+ROIs live on the activation-map grid (h × w); pooling maps them onto the conv5 grid (H × W).
 
 Attribute representations are L2-normalised per attribute; the similarity of two items is
 Σ_a w_a² cos(f_a, g_a), which is the inner product of their global representations.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,12 +44,15 @@ class ModelConfig:
     roi_size: int = 3  # ROI pooling grid (roi_align output)
     hidden: int = 512  # width of the first two fully connected layers of each branch
     embed_dim: int = 64  # D, per attribute
-    roi_threshold: float = 0.2  # of each map's range (the CAM literature's 0.2)
+    roi_threshold: float = 0.5  # of each map's min-max range (0.5 localized best on synthetic val; CAM papers use 0.2 of max)
     roi_upsample: int = 2  # maps are upsampled before thresholding: boxes finer than the grid
     localization: bool = True  # False: the no-localization ablation (every branch pools the whole map)
     freeze_bn: bool = True  # keep the pretrained backbone's batch-norm statistics (folded into the convs)
     frozen_stages: int = 0  # leading backbone stages kept as loaded (no gradient, no backward cost)
     region_pairs: tuple[tuple[int, int], ...] = ()  # (ROI attribute, branch attribute) per region rep
+    map_stage: int = -1  # backbone stage feeding conv6 (−1: the last, as in the paper); earlier = finer, more local maps
+    aam_pooling: str = "gap"  # how class-score maps become logits: gap (the paper), lse (log-sum-exp), max
+    lse_r: float = 5.0  # sharpness of lse pooling
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -54,6 +61,8 @@ class ModelConfig:
             raise ValueError("every attribute needs at least 2 values")
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32, got {self.image_size}")
+        if self.aam_pooling not in ("gap", "lse", "max"):
+            raise ValueError(f"aam_pooling must be gap, lse or max, got {self.aam_pooling!r}")
         for r, a in self.region_pairs:
             if not (0 <= r < len(self.num_values) and 0 <= a < len(self.num_values)):
                 raise ValueError(f"region pair {(r, a)} names an attribute outside 0..{len(self.num_values) - 1}")
@@ -75,6 +84,11 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+class Features(NamedTuple):
+    conv5: torch.Tensor  # (B, C, H, W) pooled into attribute representations
+    maps_in: torch.Tensor  # (B, C', h, w) input of conv6
+
+
 @dataclass
 class FSNOutput:
     gap_logits: torch.Tensor  # (B, V) activation-map branch (GAP classifiers)
@@ -82,7 +96,7 @@ class FSNOutput:
     reps: torch.Tensor  # (B, A, D) L2-normalised attribute representations
     attr_logits: torch.Tensor  # (B, V) attribute-branch classifiers
     global_rep: torch.Tensor  # (B, A·D)
-    grid: tuple[int, int] = field(default=(0, 0))
+    grid: tuple[int, int] = field(default=(0, 0))  # the activation-map grid (h, w) the ROIs live on
 
 
 class BranchStack(nn.Module):
@@ -122,7 +136,11 @@ class FashionSearchNet(nn.Module):
             fold_batchnorm(self.backbone)
         freeze_stages(self.backbone, cfg.frozen_stages)
         c, k = info.channels, cfg.conv_channels
-        self.conv6 = nn.Conv2d(c, k, 3, padding=1)
+        c_map = c
+        if cfg.map_stage >= 0:
+            with torch.no_grad():  # the tapped stage's width, from a tiny probe
+                c_map = run_backbone(self.backbone.eval(), torch.zeros(1, 3, 64, 64), 0, cfg.map_stage)[1].shape[1]
+        self.conv6 = nn.Conv2d(c_map, k, 3, padding=1)
         self.conv7 = nn.Conv2d(k, k, 3, padding=1)
         v_total = sum(cfg.num_values)
         self.gap_classifier = nn.Linear(k, v_total)  # one classifier per attribute, stacked
@@ -140,12 +158,19 @@ class FashionSearchNet(nn.Module):
         self.register_buffer("value_valid", valid, persistent=False)
 
     # -- stages ---------------------------------------------------------------------------------
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return run_backbone(self.backbone, x, self.cfg.frozen_stages)
+    def forward_features(self, x: torch.Tensor) -> Features:
+        conv5, tapped = run_backbone(self.backbone, x, self.cfg.frozen_stages, self.cfg.map_stage)
+        return Features(conv5, tapped)
 
-    def forward_maps(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        conv7 = F.relu(self.conv7(F.relu(self.conv6(feats))))
-        return conv7, self.gap_classifier(conv7.mean((2, 3)))
+    def forward_maps(self, feats: Features) -> tuple[torch.Tensor, torch.Tensor]:
+        conv7 = F.relu(self.conv7(F.relu(self.conv6(feats.maps_in))))
+        if self.cfg.aam_pooling == "gap":  # = mean of the class-score maps, computed cheaply
+            return conv7, self.gap_classifier(conv7.mean((2, 3)))
+        scores = self.all_activation_maps(conv7).flatten(2) + self.gap_classifier.bias.view(1, -1, 1).to(conv7.dtype)
+        if self.cfg.aam_pooling == "max":
+            return conv7, scores.amax(2)
+        r = self.cfg.lse_r
+        return conv7, (torch.logsumexp(r * scores.float(), 2) - math.log(scores.shape[2])) / r
 
     def activation_maps(self, conv7: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """AAM of attribute a for value values[b, a]: Σ_k W_a[v, k] · conv7_k (class activation map)."""
@@ -165,8 +190,13 @@ class FashionSearchNet(nn.Module):
             boxes = boxes_from_maps(maps.reshape(b * a, h, w), self.cfg.roi_threshold, self.cfg.roi_upsample)
         return boxes.view(b, a, 4)
 
-    def _pool(self, feats: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        """ROI-align (B, C, H, W) features in (B, R, 4) boxes -> (R, B, C·s·s)."""
+    def _pool(self, feats: Features, rois: torch.Tensor) -> torch.Tensor:
+        """ROI-align conv5 features in (B, R, 4) map-grid boxes -> (R, B, C·s·s)."""
+        mh, mw = feats.maps_in.shape[-2:]
+        feats = feats.conv5
+        h, w = feats.shape[-2:]
+        if (mh, mw) != (h, w):
+            rois = rois * torch.tensor([w / mw, h / mh, w / mw, h / mh], device=rois.device, dtype=rois.dtype)
         b, r, _ = rois.shape
         batch_idx = torch.arange(b, device=feats.device, dtype=rois.dtype).repeat_interleave(r)
         boxes = torch.cat([batch_idx[:, None], rois.reshape(b * r, 4).to(rois.dtype)], 1)
@@ -174,18 +204,19 @@ class FashionSearchNet(nn.Module):
         pooled = roi_align(feats, boxes.to(feats.dtype), (s, s), spatial_scale=1.0, sampling_ratio=2, aligned=True)
         return pooled.reshape(b, r, -1).transpose(0, 1)
 
-    def forward_attributes(self, feats: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_attributes(self, feats: Features, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.branches(self._pool(feats, rois))  # (A, B, D)
         reps = F.normalize(h.float(), dim=-1)
         logits = torch.baddbmm(self.attr_bias, reps, self.attr_classifier) * self.logit_scale.exp()  # (A, B, Vmax)
         return reps.transpose(0, 1), self._stack_logits(logits)
 
-    def forward_regions(self, feats: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+    def forward_regions(self, feats: Features, rois: torch.Tensor) -> torch.Tensor:
         """Region-aware representations (B, P, D): branch a applied inside the ROI of attribute r."""
+        dev = feats.conv5.device
         if not self.cfg.region_pairs:
-            return feats.new_zeros(feats.shape[0], 0, self.cfg.embed_dim)
-        r_idx = torch.tensor([r for r, _ in self.cfg.region_pairs], device=feats.device)
-        a_idx = torch.tensor([a for _, a in self.cfg.region_pairs], device=feats.device)
+            return feats.conv5.new_zeros(feats.conv5.shape[0], 0, self.cfg.embed_dim).float()
+        r_idx = torch.tensor([r for r, _ in self.cfg.region_pairs], device=dev)
+        a_idx = torch.tensor([a for _, a in self.cfg.region_pairs], device=dev)
         h = self.branches(self._pool(feats, rois[:, r_idx]), a_idx)
         return F.normalize(h.float(), dim=-1).transpose(0, 1)
 
@@ -217,7 +248,7 @@ class FashionSearchNet(nn.Module):
             values = torch.where(labels >= 0, labels, values)
         rois = self.forward_rois(self.activation_maps(conv7, values))
         reps, attr_logits = self.forward_attributes(feats, rois)
-        return FSNOutput(gap_logits, rois, reps, attr_logits, self.global_representation(reps), tuple(feats.shape[-2:]))
+        return FSNOutput(gap_logits, rois, reps, attr_logits, self.global_representation(reps), tuple(conv7.shape[-2:]))
 
 
 def split_logits(stacked: torch.Tensor, num_values: tuple[int, ...]) -> list[torch.Tensor]:

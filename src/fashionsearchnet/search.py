@@ -104,14 +104,10 @@ class QueryState:
 
 
 class Searcher:
-    def __init__(self, index: LoadedIndex, model=None):
-        from .embed import load_prototypes
-
+    def __init__(self, index: LoadedIndex, protos, model=None):
         self.index = index
         self.schema: Schema = index.schema
-        self.protos, fp = load_prototypes(index.version_dir / "prototypes.safetensors")
-        if fp != index.model_fingerprint:
-            raise IndexError_(f"{index.version_dir}: prototypes belong to model {fp}, the index to {index.model_fingerprint}")
+        self.protos = protos
         self.base_weights = np.asarray(index.manifest["similarity_weights"], np.float32)
         self.pairs = list(self.schema.region_pairs())
         self._model = model
@@ -119,7 +115,13 @@ class Searcher:
 
     @classmethod
     def open(cls, index_dir: str | Path, model: str | Path | None = None, backend: str | None = None) -> "Searcher":
+        from .embed import load_prototypes
+
         idx = load_index(index_dir, backend)
+        protos, fp = load_prototypes(idx.version_dir / "prototypes.safetensors")
+        if fp != idx.model_fingerprint:
+            idx.close()
+            raise IndexError_(f"{idx.version_dir}: prototypes belong to model {fp}, the index to {idx.model_fingerprint}")
         if model is not None:
             from .checkpoint import fingerprint
 
@@ -130,7 +132,7 @@ class Searcher:
                     f"index {index_dir} was built with model {idx.model_fingerprint}, but {model} is model {fp}; "
                     f"rebuild the index with this model (fsn index) or use the model that built it"
                 )
-        return cls(idx)
+        return cls(idx, protos)
 
     def close(self) -> None:
         self.index.close()

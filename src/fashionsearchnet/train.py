@@ -54,11 +54,14 @@ class TrainConfig:
     roi_size: int = 3
     hidden: int = 512
     embed_dim: int = 64
-    roi_threshold: float = 0.2
+    roi_threshold: float = 0.5
     roi_upsample: int = 2
     localization: bool = True
     freeze_bn: bool = True
     frozen_stages: int = 0
+    map_stage: int = -1
+    aam_pooling: str = "gap"
+    lse_r: float = 5.0
     # schedule
     mode: str = "staged"  # staged | joint
     epochs_localization: int = 3
@@ -127,6 +130,7 @@ class TrainConfig:
             num_values=num_values, backbone=self.backbone, image_size=self.image_size, conv_channels=self.conv_channels,
             roi_size=self.roi_size, hidden=self.hidden, embed_dim=self.embed_dim, roi_threshold=self.roi_threshold,
             roi_upsample=self.roi_upsample, localization=self.localization, freeze_bn=self.freeze_bn, frozen_stages=self.frozen_stages,
+            map_stage=self.map_stage, aam_pooling=self.aam_pooling, lse_r=self.lse_r,
             region_pairs=region_pairs, mean=info.mean, std=info.std,
         )
 

@@ -87,7 +87,7 @@ class FaissBackend:
         if kind == "flat":
             index = faiss.IndexFlatIP(dim)
         elif kind == "ivf":
-            nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))
+            nlist = nlist or max(1, min(int(np.sqrt(n)), n // 39 or 1))
             quant = faiss.IndexFlatIP(dim)
             index = faiss.IndexIVFFlat(quant, dim, nlist, faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(seed)

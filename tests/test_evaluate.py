@@ -1,0 +1,109 @@
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fashionsearchnet.cli import main
+from fashionsearchnet.metrics import (
+    attribute_accuracy, exact_match, iou_hits, manipulation_queries, ndcg, pointing_hits, relevance, topk_accuracy,
+)
+
+
+def brute_force_queries(labels, num_values):
+    out = set()
+    for i, row in enumerate(labels):
+        for a in range(labels.shape[1]):
+            if row[a] < 0:
+                continue
+            for v in range(num_values[a]):
+                if v == row[a]:
+                    continue
+                t = list(row)
+                t[a] = v
+                if any(all(g[j] == t[j] for j in range(len(t))) for g in labels):
+                    out.add((i, a, v, tuple(int(x) for x in t)))
+    return out
+
+
+def test_query_generation_matches_brute_force():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(-1, 3, size=(60, 3))
+    labels[:, 2] = rng.integers(0, 2, size=60)
+    got = {(q.row, q.attribute, q.value, q.target) for q in manipulation_queries(labels, (3, 3, 2))}
+    assert got == brute_force_queries(labels, (3, 3, 2))
+    assert got  # the case is not vacuous
+    sample = manipulation_queries(labels, (3, 3, 2), max_queries=5, seed=1)
+    assert len(sample) == 5 and sample == manipulation_queries(labels, (3, 3, 2), max_queries=5, seed=1)
+
+
+def test_query_with_no_valid_target_and_unknown_value():
+    labels = np.asarray([[0, 0], [1, 1], [0, -1]])
+    qs = manipulation_queries(labels, (2, 2))
+    # (0,0)->(1,0)? absent. (0,0)->(0,1)? absent. item 2 has an unknown second value: it cannot change it,
+    # and (1,-1) is absent. No query anywhere.
+    assert qs == []
+    labels = np.asarray([[0, -1], [1, -1]])
+    qs = manipulation_queries(labels, (2, 2))
+    assert {(q.row, q.target) for q in qs} == {(0, (1, -1)), (1, (0, -1))}  # unknowns are part of the target
+
+
+def test_exact_match_topk_and_ties():
+    gallery = np.asarray([[0, 1], [1, 1], [1, -1], [0, 0]])
+    ranked = np.asarray([[3, 1, 0], [2, 0, -1], [0, 3, 2]])
+    targets = np.asarray([[1, 1], [1, -1], [1, 0]])
+    m = exact_match(gallery, ranked, targets)
+    assert m.tolist() == [[False, True, False], [True, False, False], [False, False, False]]
+    acc = topk_accuracy(m, ks=(1, 2, 3))
+    assert acc == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 3: pytest.approx(2 / 3)}
+    # two hits for one query count once
+    assert topk_accuracy(np.asarray([[True, True]]), ks=(2,)) == {2: 1.0}
+    assert math.isnan(topk_accuracy(np.zeros((0, 3), bool), ks=(1,))[1])
+
+
+def test_ndcg_by_hand():
+    gallery = np.asarray([[0, 0], [0, 1], [1, 1]])
+    ranked = np.asarray([[0, 1, 2, -1]])
+    rel = relevance(gallery, ranked, np.asarray([[0, 0]]))
+    assert rel.tolist() == [[1.0, 0.5, 0.0, 0.0]]
+    disc = [1 / math.log2(i + 2) for i in range(4)]
+    want = (1 * disc[0] + (2**0.5 - 1) * disc[1]) / sum(disc)
+    assert ndcg(rel, k=4) == pytest.approx(want)
+    assert ndcg(np.ones((2, 30))) == pytest.approx(1.0)
+
+
+def test_attribute_accuracy_and_localization_hits():
+    labels = np.asarray([0, 1, 2, -1])
+    assert attribute_accuracy(np.asarray([0, 1, 0, 2]), labels) == pytest.approx(2 / 3)
+    scores = np.asarray([[0.9, 0.1, 0.0], [0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [1, 0, 0]])
+    assert attribute_accuracy(scores, labels, top=1) == pytest.approx(2 / 3)
+    assert attribute_accuracy(scores, labels, top=2) == pytest.approx(1.0)
+    boxes = np.asarray([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]])
+    gts = [[(0.6, 0.6, 1.0, 1.0), (0.0, 0.0, 0.5, 0.6)], [(0.0, 0.0, 0.2, 0.2)]]
+    assert iou_hits(boxes, gts).tolist() == [True, False]  # best-matching part counts
+    assert pointing_hits(np.asarray([[0.7, 0.7], [0.5, 0.5]]), gts).tolist() == [True, False]
+
+
+def test_evaluate_cli_report_schema(trained, synth_small, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["evaluate", "--model", str(trained), "--data", str(synth_small), "--out", str(out), "--max-queries", "40", "--noloc-model", str(trained)]) == 2
+    assert "trained with localization" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(trained), "--data", str(synth_small), "--out", str(out), "--max-queries", "40"]) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert set(r) == {"schema_version", "model", "noloc_model", "data", "split", "gallery", "settings", "protocols", "attributes", "localization", "seconds"}
+    assert r["schema_version"] == 1 and r["split"] == "test"
+    assert set(r["protocols"]) == {"global", "region"}
+    for p in r["protocols"].values():
+        assert set(p["methods"]) == {"fsn", "fsn_noloc", "attribute_only", "global_feature"}
+        for m in ("fsn", "attribute_only", "global_feature"):
+            v = p["methods"][m]
+            assert set(v) == {"queries", "topk", "ndcg30"} and list(v["topk"]) == ["1", "5", "10", "20", "30", "50"]
+            assert all(0 <= x <= 1 for x in v["topk"].values()) and v["queries"] <= 40
+            assert list(v["topk"].values()) == sorted(v["topk"].values())
+        assert "note" in p["methods"]["fsn_noloc"]
+    assert set(r["attributes"]["fsn"]["per_attribute"]) == {"category", "color", "pattern", "sleeve_length", "sleeve_color", "neckline"}
+    assert set(r["localization"]["sleeve_length"]) == {"region", "items", "iou50", "pointing"}
+    for f in ("report.md", "topk_global.png", "topk_region.png", "attributes.png", "gallery.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 100
+    assert "| FashionSearchNet |" in (out / "report.md").read_text()
