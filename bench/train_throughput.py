@@ -128,7 +128,7 @@ def bench_pipeline(model, opt, device, dtype, batch, steps, catalog: Path):
     n = cached.shape[0]
     sync(device)
     t = time.perf_counter()
-    for s in range(steps):
+    for _s in range(steps):
         idx = torch.randint(0, n, (batch,), generator=gen).to(cached.device)
         step(cached[idx].to(device, non_blocking=True), y, gen)
     sync(device)

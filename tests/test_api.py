@@ -5,7 +5,6 @@ import statistics
 import threading
 import time
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -78,7 +77,7 @@ def test_search_by_id(client):
 @pytest.mark.parametrize(
     "body, status, message",
     [
-        ({"item_id": "syn000003", "edits": ["neckline=oval"]}, 400, "valid values: round, v-neck, square"),
+        ({"item_id": "syn000003", "edits": ["neckline=oval"]}, 400, "valid values: round, v-neck, boat"),
         ({"item_id": "syn000003", "edits": ["collar=yes"]}, 400, "unknown attribute 'collar'"),
         ({"item_id": "syn000003", "edits": ["hem:color=red"]}, 400, "unknown region 'hem'"),
         ({"item_id": "syn000003", "edits": ["color=red", "color=blue"]}, 400, "contradictory edits"),

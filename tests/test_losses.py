@@ -42,7 +42,7 @@ def naive(emb, rel, margin, mining):
 @pytest.mark.parametrize("graded", [False, True])
 def test_triplet_matches_loop(mining, graded):
     rng = np.random.default_rng(0)
-    for trial in range(4):
+    for _trial in range(4):
         b = 9
         emb = torch.from_numpy(rng.normal(size=(b, 3)).astype(np.float64))
         if graded:

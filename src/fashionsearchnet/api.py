@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .images import ImageDecodeError, decode_image
-from .index.store import IndexError_, current_version
+from .index.store import current_version
 from .search import Query, SearchError, Searcher, parse_edit
 
 WEB = Path(__file__).parent / "web"

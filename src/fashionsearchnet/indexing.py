@@ -47,7 +47,6 @@ def build_index(
     _after_part: Callable[[int], None] | None = None,
 ) -> str:
     """Build (or extend) the index in ``out``; returns the new live version's name."""
-    import torch
 
     from .data import load_many
     from .device import resolve_device, resolve_precision

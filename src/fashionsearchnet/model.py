@@ -53,6 +53,7 @@ class ModelConfig:
     map_stage: int = -1  # backbone stage feeding conv6 (−1: the last, as in the paper); earlier = finer, more local maps
     aam_pooling: str = "gap"  # how class-score maps become logits: gap (the paper), lse (log-sum-exp), max
     lse_r: float = 5.0  # sharpness of lse pooling
+    map_padding: str = "zeros"  # conv6/conv7 padding; "replicate" gives border cells no artificial response
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -140,8 +141,8 @@ class FashionSearchNet(nn.Module):
         if cfg.map_stage >= 0:
             with torch.no_grad():  # the tapped stage's width, from a tiny probe
                 c_map = run_backbone(self.backbone.eval(), torch.zeros(1, 3, 64, 64), 0, cfg.map_stage)[1].shape[1]
-        self.conv6 = nn.Conv2d(c_map, k, 3, padding=1)
-        self.conv7 = nn.Conv2d(k, k, 3, padding=1)
+        self.conv6 = nn.Conv2d(c_map, k, 3, padding=1, padding_mode=cfg.map_padding)
+        self.conv7 = nn.Conv2d(k, k, 3, padding=1, padding_mode=cfg.map_padding)
         v_total = sum(cfg.num_values)
         self.gap_classifier = nn.Linear(k, v_total)  # one classifier per attribute, stacked
         self.branches = BranchStack(cfg.num_attributes, c * cfg.roi_size**2, cfg.hidden, cfg.embed_dim)

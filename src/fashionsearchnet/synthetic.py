@@ -6,7 +6,7 @@ Each image shows one garment drawn with PIL polygons over a cluttered background
 - ``color`` and ``pattern`` (solid, stripes, dots, checks) of the body,
 - ``sleeve_length`` (none, short, long) and ``sleeve_color`` (often not the body's colour;
   unknown when there are no sleeves),
-- ``neckline`` (round, v-neck, square) cut into the top of the body,
+- ``neckline`` (round, v-neck, boat) cut into the top of the body,
 
 with nuisance a global descriptor cannot ignore: distractor shapes in the same palette, random
 position, scale and rotation, a lighting gradient and pixel noise. Every item also records its
@@ -43,7 +43,7 @@ PALETTE = {
 COLORS = tuple(PALETTE)
 CATEGORIES = ("t-shirt", "dress", "coat", "crop-top")
 SLEEVES = ("none", "short", "long")
-NECKLINES = ("round", "v-neck", "square")
+NECKLINES = ("round", "v-neck", "boat")
 PATTERNS = ("solid", "stripes", "dots", "checks")
 SKIN = (225, 185, 150)
 
@@ -160,12 +160,12 @@ def _sleeves(sleeve_length: int, top: float, hw: float) -> list[list[tuple[float
 
 
 def _neck(neckline: int, top: float) -> list[tuple[float, float]]:
-    # wide and deep enough to span a cell of a stride-16 grid at 128 px
-    if neckline == 0:  # round: half ellipse below the shoulder line
+    # three shapes told apart by their outline at the scale of a stride-8 grid cell
+    if neckline == 0:  # round: half disc below the shoulder line
         return [(0.10 * math.cos(t), top + 0.10 * math.sin(t)) for t in np.linspace(0, math.pi, 13)]
-    if neckline == 1:  # v-neck
-        return [(-0.10, top), (0.10, top), (0.0, top + 0.21)]
-    return [(-0.09, top), (0.09, top), (0.09, top + 0.11), (-0.09, top + 0.11)]
+    if neckline == 1:  # v-neck: narrow and deep
+        return [(-0.08, top), (0.08, top), (0.0, top + 0.24)]
+    return [(-0.15, top), (0.15, top), (0.13, top + 0.05), (-0.13, top + 0.05)]  # boat: wide and shallow
 
 
 def _transform(spec: Spec, size: int):

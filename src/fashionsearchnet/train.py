@@ -62,6 +62,7 @@ class TrainConfig:
     map_stage: int = -1
     aam_pooling: str = "gap"
     lse_r: float = 5.0
+    map_padding: str = "zeros"
     # schedule
     mode: str = "staged"  # staged | joint
     epochs_localization: int = 3
@@ -130,7 +131,7 @@ class TrainConfig:
             num_values=num_values, backbone=self.backbone, image_size=self.image_size, conv_channels=self.conv_channels,
             roi_size=self.roi_size, hidden=self.hidden, embed_dim=self.embed_dim, roi_threshold=self.roi_threshold,
             roi_upsample=self.roi_upsample, localization=self.localization, freeze_bn=self.freeze_bn, frozen_stages=self.frozen_stages,
-            map_stage=self.map_stage, aam_pooling=self.aam_pooling, lse_r=self.lse_r,
+            map_stage=self.map_stage, aam_pooling=self.aam_pooling, lse_r=self.lse_r, map_padding=self.map_padding,
             region_pairs=region_pairs, mean=info.mean, std=info.std,
         )
 
