@@ -84,7 +84,27 @@ def test_attribute_accuracy_and_localization_hits():
     assert pointing_hits(np.asarray([[0.7, 0.7], [0.5, 0.5]]), gts).tolist() == [True, False]
 
 
+def dense_copy(synth_small, tmp_path):
+    """The small catalog with only sleeve_color and neckline known: a 24-item test split then holds
+    items one edit apart, so both protocols have queries."""
+    import csv
+    import shutil
+
+    cat = tmp_path / "dense"
+    shutil.copytree(synth_small, cat)
+    rows = list(csv.DictReader(open(cat / "catalog.csv")))
+    for r in rows:
+        for a in ("category", "color", "pattern", "sleeve_length"):
+            r[a] = ""
+    with open(cat / "catalog.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return cat
+
+
 def test_evaluate_cli_report_schema(trained, synth_small, tmp_path, capsys):
+    synth_small = dense_copy(synth_small, tmp_path)
     out = tmp_path / "rep"
     assert main(["evaluate", "--model", str(trained), "--data", str(synth_small), "--out", str(out), "--max-queries", "40", "--noloc-model", str(trained)]) == 2
     assert "trained with localization" in capsys.readouterr().err
@@ -94,6 +114,7 @@ def test_evaluate_cli_report_schema(trained, synth_small, tmp_path, capsys):
     assert r["schema_version"] == 1 and r["split"] == "test"
     assert set(r["protocols"]) == {"global", "region"}
     for p in r["protocols"].values():
+        assert 0 < p["queries"] <= 40
         assert set(p["methods"]) == {"fsn", "fsn_noloc", "attribute_only", "global_feature"}
         for m in ("fsn", "attribute_only", "global_feature"):
             v = p["methods"][m]
@@ -106,3 +127,19 @@ def test_evaluate_cli_report_schema(trained, synth_small, tmp_path, capsys):
     for f in ("report.md", "topk_global.png", "topk_region.png", "attributes.png", "gallery.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 100
     assert "| FashionSearchNet |" in (out / "report.md").read_text()
+
+
+def test_adde_catalog_uses_the_fixed_published_queries(tmp_path, capsys):
+    from fashionsearchnet.importers import get_importer
+    from fashionsearchnet.importers._common import build_catalog
+    from test_importers import make_adde
+    from conftest import TINY_TRAIN
+
+    src = make_adde(tmp_path / "adde", n_train=40, n_test=12)
+    build_catalog(get_importer("adde").collect(src, images=src / "imgs"), tmp_path / "cat")
+    assert main(["train", "--data", str(tmp_path / "cat"), "--out", str(tmp_path / "run"), *TINY_TRAIN, "p=2"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(tmp_path / "cat"), "--json", "--no-figures"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["settings"]["fixed_queries"] == {"used": 2, "dropped_missing_images": 0}
+    assert r["protocols"]["global"]["queries"] == 2 and "region" not in r["protocols"]

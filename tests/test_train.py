@@ -67,7 +67,7 @@ def test_config_loading_and_errors(tmp_path):
 def test_fsn_train_end_to_end_and_checkpoint_roundtrip(synth_small, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", str(synth_small), "--out", str(run), *TINY]) == 0
-    for f in ("model.safetensors", "last.safetensors", "train_state.pt", "run_config.json", "metrics.jsonl", "prototypes.safetensors", "summary.json"):
+    for f in ("model.safetensors", "model.json", "last.safetensors", "train_state.pt", "run_config.json", "metrics.jsonl", "prototypes.safetensors", "summary.json"):
         assert (run / f).is_file(), f
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["localization", "attributes", "global"]

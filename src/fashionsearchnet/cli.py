@@ -146,11 +146,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .evaluate import evaluate, public, write_report
 
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print  # stdout carries only the JSON
     report = evaluate(args.model, args.data, split=args.split, noloc_model=args.noloc_model, max_queries=args.max_queries,
-                      seed=args.seed, extra_weight=args.extra_weight, device=args.device, progress=progress)
+                      seed=args.seed, extra_weight=args.extra_weight, device=args.device, progress=progress, log=log)
     if args.out:
         files = write_report(report, args.out, args.model, figures=not args.no_figures)
-        print("wrote " + ", ".join(str(f) for f in files))
+        log("wrote " + ", ".join(str(f) for f in files))
     if args.json:
         print(json.dumps(public(report), indent=1))
     elif not args.out:

@@ -116,14 +116,17 @@ def rank_attribute_only(e: Embedded, queries: list[tuple[int, dict[int, int]]], 
         for a, v in change.items():
             want[a] = v
         score = (pred == want[None, :]).sum(1) + 0.5 * (glob @ glob[row] + 1.0) / 2.0  # visual term < 1: ties only
-        out[j] = np.argsort(-score, kind="stable")[:k]
+        top = np.argsort(-score, kind="stable")[:k]
+        out[j, : len(top)] = top
     return out
 
 
 def rank_global(e: Embedded, rows: list[int], k: int = K_MAX) -> np.ndarray:
     glob = e.emb.glob
-    sims = glob[rows] @ glob.T
-    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    top = np.argsort(-(glob[rows] @ glob.T), axis=1, kind="stable")[:, :k]
+    out = np.full((len(rows), k), -1, np.int64)  # a gallery smaller than k leaves −1 padding
+    out[:, : top.shape[1]] = top
+    return out
 
 
 def score_ranking(ranked: np.ndarray, gallery_labels: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
@@ -278,7 +281,7 @@ def evaluate(
         qs = global_queries(schema, labels, max_queries, seed)
     protocols.append(("global", qs, [[Edit(schema.names[q.attribute], schema.attributes[q.attribute].values[q.value])] for q in qs]))
     rq = region_queries(schema, labels, max_queries, seed)
-    if rq:
+    if any(a.describes for a in schema.attributes):  # the schema has region-specific labels
         protocols.append(("region", [q for q, _, _ in rq], [[Edit(d, schema.attributes[q.attribute].values[q.value], r)] for q, r, d in rq]))
     for name, qs, edits in protocols:
         targets = np.asarray([q.target for q in qs], np.int64).reshape(len(qs), len(schema.names))
