@@ -55,7 +55,12 @@ def run_demo(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     from .index.store import current_version, load_index
 
-    if current_version(index) is not None and load_index(index, backend="numpy").model_fingerprint == summary["model"]:
+    built_by = None
+    if current_version(index) is not None:
+        live = load_index(index, backend="numpy")
+        built_by = live.model_fingerprint
+        live.close()
+    if built_by == summary["model"]:
         say(3, f"index: reusing {index}")
     else:
         from .indexing import build_index
