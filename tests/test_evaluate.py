@@ -143,3 +143,27 @@ def test_adde_catalog_uses_the_fixed_published_queries(tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["settings"]["fixed_queries"] == {"used": 2, "dropped_missing_images": 0}
     assert r["protocols"]["global"]["queries"] == 2 and "region" not in r["protocols"]
+
+
+def test_queries_towards_a_value_without_prototype_are_dropped_for_every_method(trained, synth_small):
+    """A value no training item has has no prototype: its queries are dropped, not a crash."""
+    import dataclasses
+
+    from fashionsearchnet.catalog import read_catalog
+    from fashionsearchnet.evaluate import embed_split, resolvable
+    from fashionsearchnet.search import Edit
+
+    cat = read_catalog(synth_small)
+    import torch
+
+    e = embed_split(trained, cat, cat.split("test")[:8], torch.device("cpu"), 8)
+    schema = cat.schema
+    color = schema.attribute("color")
+    gone = color.values[1]
+    count = e.protos.attr_count.copy()
+    count[schema.attribute_index("color"), 1] = 0
+    e_missing = dataclasses.replace(e, protos=dataclasses.replace(e.protos, attr_count=count))
+    edits = [[Edit("color", gone)], [Edit("color", color.values[0])], [Edit("color", gone), Edit("pattern", schema.attribute("pattern").values[0])]]
+    assert resolvable(schema, {"fsn": e}, edits).tolist() == [True, True, True]
+    # one model lacking the prototype drops the query for all
+    assert resolvable(schema, {"fsn": e, "other": e_missing}, edits).tolist() == [False, True, False]

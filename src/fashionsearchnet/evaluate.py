@@ -85,6 +85,27 @@ def _searcher(schema: Schema, e: Embedded):
     return Searcher(idx, e.protos)
 
 
+def resolvable(schema: Schema, runs: dict[str, Embedded], edits: list[list[Edit]]) -> np.ndarray:
+    """Which queries every model can answer: an edit towards a value no training item has has no
+    prototype. Such queries are dropped for all methods alike, so they stay comparable."""
+    from .search import SearchError
+
+    searchers = [_searcher(schema, e) for e in runs.values()]
+    ok: dict[tuple, bool] = {}
+    out = np.ones(len(edits), bool)
+    for j, ed in enumerate(edits):
+        key = tuple(str(x) for x in ed)
+        if key not in ok:
+            try:
+                for s in searchers:
+                    s.resolve(ed)
+                ok[key] = True
+            except SearchError:
+                ok[key] = False
+        out[j] = ok[key]
+    return out
+
+
 def rank_fsn(schema: Schema, e: Embedded, queries: list[tuple[int, list[Edit]]], extra_weight: float, k: int = K_MAX) -> np.ndarray:
     """(Q, k) gallery rows for each (query row, edits), the query item included in the gallery."""
     s = _searcher(schema, e)
@@ -284,8 +305,15 @@ def evaluate(
     if any(a.describes for a in schema.attributes):  # the schema has region-specific labels
         protocols.append(("region", [q for q, _, _ in rq], [[Edit(d, schema.attributes[q.attribute].values[q.value], r)] for q, r, d in rq]))
     for name, qs, edits in protocols:
+        keep = resolvable(schema, runs, edits)
+        dropped = len(qs) - int(keep.sum())
+        qs = [q for q, k in zip(qs, keep) if k]
+        edits = [e for e, k in zip(edits, keep) if k]
         targets = np.asarray([q.target for q in qs], np.int64).reshape(len(qs), len(schema.names))
         res: dict[str, Any] = {"queries": len(qs), "methods": {}}
+        if dropped:
+            res["dropped_no_prototype"] = dropped
+            log(f"{name} protocol: {dropped} queries dropped: their target value has no training item, so no prototype")
         if not qs:
             res["note"] = "no query has its target label vector in the gallery"
             report["protocols"][name] = res

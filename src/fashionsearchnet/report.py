@@ -32,6 +32,8 @@ def markdown(r: dict[str, Any], figures: list[str]) -> str:
     ]
     for name, p in r["protocols"].items():
         lines += [f"## {name.capitalize()} manipulation: top-k accuracy (%) and NDCG@30", ""]
+        if p.get("dropped_no_prototype"):
+            lines += [f"{p['dropped_no_prototype']} queries were dropped for every method: their target value has no training item, so no prototype.", ""]
         if not p.get("methods"):
             lines += [p.get("note", "no queries"), ""]
             continue
