@@ -163,6 +163,17 @@ def test_faiss_matches_brute_force(kind):
             assert mask[g[1][g[1] >= 0]].all()
 
 
+def test_faiss_flat_blas_path_and_faiss_scan_agree_across_query_chunks():
+    v, _ = _random_index(n=2000)
+    q = np.random.default_rng(3).normal(size=(150, v.shape[1])).astype(np.float32)  # > 2 chunks of 64
+    index = FaissBackend.build(v, "flat")
+    ref = NumpyBackend(v).search(q, 30)
+    _agree(ref, FaissBackend(index, v, "flat").search(q, 30), 30)  # BLAS products, chunked
+    _agree(ref, FaissBackend(index, None, "flat").search(q, 30), 30)  # FAISS's own scan
+    empty = FaissBackend(index, v, "flat").search(q[:0], 30)
+    assert empty[0].shape == (0, 30) and empty[1].shape == (0, 30)
+
+
 def test_milvus_lite_matches_brute_force(tmp_path):
     v, q = _random_index(n=1500)
     MilvusBackend.build(str(tmp_path / "m.db"), "t", v)
@@ -305,3 +316,21 @@ def test_not_an_index(tmp_path):
     (tmp_path / "x" / "building").mkdir()
     with pytest.raises(IndexError_, match="interrupted"):
         load_index(tmp_path / "x")
+
+
+def test_hnsw_index_keeps_its_search_depth(trained, synth_small, tmp_path, capsys):
+    from fashionsearchnet.index.store import load_index
+
+    idx = tmp_path / "h"
+    assert main(["index", "--model", str(trained), "--data", str(synth_small), "--out", str(idx), "--kind", "hnsw", "--ef-search", "0"]) == 2
+    assert "--ef-search must be positive" in capsys.readouterr().err
+    assert not (idx / "CURRENT").exists()
+    assert main(["index", "--model", str(trained), "--data", str(synth_small), "--out", str(idx), "--kind", "hnsw", "--ef-search", "300"]) == 0
+    li = load_index(idx)
+    try:
+        assert li.manifest["faiss"] == {"kind": "hnsw", "rerank": 4, "nprobe": 16, "ef_search": 300}
+        assert li.backend.kind == "hnsw" and li.backend.ef_search == 300
+        exact = NumpyBackend(li.vectors).search(li.vectors[:5], 10)
+        _agree(exact, li.backend.search(li.vectors[:5], 10), 10)  # tiny index: HNSW is exact here
+    finally:
+        li.backend.close()

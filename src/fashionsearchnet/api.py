@@ -234,7 +234,7 @@ def create_app(provider: SearcherProvider, max_body: int = 8 * 2**20, timeout: f
     async def search(body: SearchBody):
         s = provider.get()
         q = Query(item_id=body.item_id, edits=[parse_edit(e) for e in body.edits], filters=body.filters, k=body.k, offset=body.offset, extra_weight=body.extra_weight)
-        return (await run(s.search, q)).to_dict()
+        return JSONResponse(await run(lambda: s.search(q).to_dict()))  # serialised in the worker, no re-encoding
 
     @app.post("/api/search/image")
     async def search_image(file: UploadFile = File(...), query: str = Form("{}")):
@@ -256,7 +256,7 @@ def create_app(provider: SearcherProvider, max_body: int = 8 * 2**20, timeout: f
         except (TypeError, ValueError) as e:
             raise HTTPException(400, f"bad query: {e}") from None
         q.image = await run(decode_image, data, "upload", MAX_IMAGE_PIXELS)
-        return (await run(s.search, q)).to_dict()
+        return JSONResponse(await run(lambda: s.search(q).to_dict()))  # serialised in the worker, no re-encoding
 
     @app.get("/api/items/{item_id}/explain")
     async def explain(item_id: str, attribute: str = Q(..., max_length=100)):

@@ -97,6 +97,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.model is None:
         raise UsageError("--model RUN is required")
     build_index(args.model, args.data, args.out, backend=args.backend, kind=args.kind, uri=args.uri, split=args.split,
+                nprobe=args.nprobe, ef_search=args.ef_search,
                 resume=args.resume, add=args.add, batch_size=args.batch_size, chunk=args.chunk, device=args.device, progress=progress)
     return 0
 
@@ -228,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, required=True, help="index folder")
     sp.add_argument("--backend", default="faiss", choices=["faiss", "milvus", "numpy"], help="vector engine (default faiss)")
     sp.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"], help="FAISS index kind (default flat: exact)")
+    sp.add_argument("--ef-search", type=int, default=256,
+                    help="HNSW search depth (default 256: recall@30 0.99 at 100k items; use 512 at 1M, see bench/search_latency.py)")
+    sp.add_argument("--nprobe", type=int, default=16, help="IVF lists probed per query (default 16)")
     sp.add_argument("--uri", help="Milvus URI: a server (http://host:19530) or, by default, a milvus-lite file inside the index")
     sp.add_argument("--split", choices=["train", "val", "test"], help="index one split only (default: all items)")
     sp.add_argument("--resume", action="store_true", help="continue an interrupted build")

@@ -36,6 +36,8 @@ def build_index(
     backend: str = "faiss",
     kind: str = "flat",
     uri: str | None = None,
+    nprobe: int = 16,
+    ef_search: int = 256,
     split: str | None = None,
     resume: bool = False,
     add: bool = False,
@@ -57,6 +59,8 @@ def build_index(
         raise ValueError(f"unknown backend {backend!r}; valid: faiss, milvus, numpy")
     if chunk < 1 or batch_size < 1:
         raise ValueError("--chunk and --batch-size must be positive")
+    if nprobe < 1 or ef_search < 1:
+        raise ValueError("--nprobe and --ef-search must be positive")
     meta = ckpt.read_meta(model_dir)
     fp = ckpt.fingerprint(model_dir)
     model_file = model_dir / ckpt.MODEL_FILE if model_dir.is_dir() else model_dir
@@ -164,7 +168,7 @@ def build_index(
             import faiss
 
             faiss.write_index(FaissBackend.build(vectors, kind), str(vdir / "faiss.index"))
-            return {"faiss": {"kind": kind, "rerank": 4, "nprobe": 16, "ef_search": 128}}
+            return {"faiss": {"kind": kind, "rerank": 4, "nprobe": nprobe, "ef_search": ef_search}}
         if backend == "milvus":
             if uri is None or not uri.startswith(("http://", "https://", "tcp://", "unix:")):
                 MilvusBackend.build(str(vdir / "milvus.db"), "fsn", vectors)
