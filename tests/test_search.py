@@ -67,11 +67,11 @@ def test_manipulation_arithmetic_by_hand(tmp_path):
     r = s.search(Query(item_id="q", edits=[parse_edit("color=blue")], k=4))
     assert [(x.id, x.score) for x in r.results] == [("a", 5.0), ("d", 4.0), ("b", 3.0), ("c", 2.0)]
     assert r.results[0].breakdown == {"color": 2.0, "neckline": 2.0, "sleeve_color": 1.0}
-    # sleeve:color=blue resolves to the labelled sleeve_color block and the region block; body colour stays red
+    # sleeve:color=blue resolves to the labelled sleeve_color block alone; body colour stays red
     r = s.search(Query(item_id="q", edits=[parse_edit("sleeve:color=blue")], k=4, extra_weight=0.5))
-    assert r.query["changed_blocks"] == ["sleeve_color", "sleeve:color"]
-    # weights: color 1, neckline 2, sleeve_color 1·1.5, sleeve:color borrows color's 1 → 1.5
-    assert [(x.id, x.score) for x in r.results] == [("c", 6.0), ("d", 5.0), ("a", 2.0), ("b", 0.0)]
+    assert r.query["changed_blocks"] == ["sleeve_color"]
+    # weights: color 1, neckline 2, sleeve_color 1·1.5; the region block sleeve:color stays at 0
+    assert [(x.id, x.score) for x in r.results] == [("c", 4.5), ("d", 3.5), ("a", 2.0), ("b", 0.0)]
     # paging and filters
     r2 = s.search(Query(item_id="q", edits=[parse_edit("sleeve:color=blue")], k=2, offset=1, extra_weight=0.5))
     assert [x.id for x in r2.results] == ["d", "a"] and r2.results[0].rank == 2
@@ -211,7 +211,7 @@ def test_index_and_search_cli(built, trained, synth_small, capsys):
     capsys.readouterr()
     assert main(["search", "--index", str(built), "--item", "syn000003", "--set", "neckline=v-neck", "--set", "sleeve:color=red", "--k", "5", "--json"]) == 0
     resp = json.loads(capsys.readouterr().out)
-    assert len(resp["results"]) == 5 and resp["query"]["changed_blocks"] == ["sleeve_color", "neckline", "sleeve:color"]
+    assert len(resp["results"]) == 5 and resp["query"]["changed_blocks"] == ["sleeve_color", "neckline"]
     assert all(r["id"] != "syn000003" for r in resp["results"])
     assert main(["search", "--index", str(built), "--item", "syn000003", "--set", "neckline=oval"]) == 2
     assert "valid values: round, v-neck, boat" in capsys.readouterr().err
@@ -219,6 +219,14 @@ def test_index_and_search_cli(built, trained, synth_small, capsys):
     img = synth_small / "images" / "000007.jpg"
     assert main(["search", "--index", str(built), "--image", str(img), "--k", "3", "--json", "--model", str(trained)]) == 0
     assert json.loads(capsys.readouterr().out)["results"][0]["id"] == "syn000007"
+
+
+def test_region_edit_without_a_labelled_attribute_uses_the_region_block(built):
+    s = Searcher.open(built)
+    r = s.search(Query(item_id="syn000003", edits=[parse_edit("neck:color=red")], k=5))
+    assert r.query["changed_blocks"] == ["neck:color"]  # no neck colour label: the colour branch pooled in the neck ROI
+    r = s.search(Query(item_id="syn000003", edits=[parse_edit("sleeve:color=red")], k=5))
+    assert r.query["changed_blocks"] == ["sleeve_color"]  # labelled: its own branch
 
 
 def test_backends_give_the_same_ranking_on_a_real_index(built):

@@ -18,6 +18,33 @@ QUICK = [
 ]
 
 
+
+def example_query(cat):
+    """A test item and a sleeve-colour edit whose exact target (every other label kept) exists in the
+    catalog, so the example shows what a region edit should find; (item, edits, target labels)."""
+    import numpy as np
+
+    names = cat.schema.names
+    if "sleeve_color" not in names:
+        return cat.split("test")[0].id, [], None
+    a = names.index("sleeve_color")
+    values = cat.schema.attribute("sleeve_color").values
+    labels = cat.labels(cat.records)
+    test = [i for i, r in enumerate(cat.records) if r.split == "test"]
+    body = cat.schema.attribute("color").values if "color" in names else ()
+    for contrast in (True, False):  # prefer sleeves of a colour the body does not have
+        for i in test[:300]:
+            if (labels[i] < 0).any():
+                continue
+            for v in range(len(values)):
+                if v == labels[i, a] or (contrast and body and body[labels[i, names.index("color")]] == values[v]):
+                    continue
+                t = labels[i].copy()
+                t[a] = v
+                if (labels == t).all(1).any():
+                    return cat.records[i].id, [f"sleeve:color={values[v]}"], t
+    return cat.split("test")[0].id, ["sleeve:color=red"], None
+
 def run_demo(args: argparse.Namespace) -> int:
     from .catalog import read_catalog
     from .cli import progress
@@ -89,14 +116,15 @@ def run_demo(args: argparse.Namespace) -> int:
 
     s = Searcher.open(index)
     try:
-        item = cat.split("test")[0].id
-        edits = ["sleeve:color=red", "neckline=v-neck"]
+        item, edits, target = example_query(cat)
         resp = s.search(Query(item_id=item, edits=[parse_edit(e) for e in edits], k=5))
         say(5, f"example: fsn search --index {index} --item {item} --set {' --set '.join(edits)} --k 5")
         q = resp.query["predicted"]
         print("      query: " + ", ".join(f"{a}={v['value']}" for a, v in q.items()))
+        truth = {r.id: row for r, row in zip(cat.records, cat.labels(cat.records))}
         for res in resp.results:
-            print(f"      {res.rank}. {res.id} score {res.score:.3f}: " + ", ".join(f"{a}={v['value']}" for a, v in res.predicted.items()))
+            mark = "  <- exactly the target (ground truth)" if target is not None and (truth[res.id] == target).all() else ""
+            print(f"      {res.rank}. {res.id} score {res.score:.3f}: " + ", ".join(f"{a}={v['value']}" for a, v in res.predicted.items()) + mark)
     finally:
         s.close()
     say(6, f"done in {time.perf_counter() - t0:.0f} s; everything is in {out}/")
