@@ -93,3 +93,16 @@ def test_box_iou():
     np.testing.assert_allclose(box_iou(a, b).numpy(), [1 / 7, 0.0, 1.0], rtol=1e-6)
     with pytest.raises(ValueError, match="threshold"):
         boxes_from_maps(torch.zeros(1, 2, 2), 1.5)
+
+
+def test_per_map_thresholds_equal_one_call_per_map():
+    g = torch.Generator().manual_seed(5)
+    maps = torch.rand(12, 9, 11, generator=g)
+    thr = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9, 0.0] * 2)
+    got = boxes_from_maps(maps, thr, upsample=2)
+    want = torch.stack([boxes_from_maps(maps[i : i + 1], float(thr[i]), upsample=2)[0] for i in range(12)])
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="one per map"):
+        boxes_from_maps(maps, thr[:5])
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        boxes_from_maps(maps, torch.full((12,), 1.0))

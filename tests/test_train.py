@@ -154,3 +154,25 @@ def test_ddp_two_processes_match_gradient_accumulation(synth_small, tmp_path):
     torch.manual_seed(0)
     init = FashionSearchNet(ModelConfig.from_dict(read_meta(tmp_path / "ddp" / "last.safetensors")["model_config"]), pretrained=True).state_dict()
     assert _max_diff(w_ddp, {k: init[k] for k in w_ddp}) > 1e-3
+
+
+def test_per_attribute_roi_thresholds():
+    from fashionsearchnet.localization import boxes_from_maps
+    from fashionsearchnet.train import TrainConfig
+
+    names = ("category", "color", "sleeve_color")
+    assert TrainConfig().thresholds(names) == ()
+    assert TrainConfig(roi_threshold=0.4, roi_thresholds="sleeve_color=0.7, category=0.3").thresholds(names) == (0.3, 0.4, 0.7)
+    for bad, msg in (("collar=0.5", "attribute=value with an attribute of"), ("color", "attribute=value"),
+                     ("color=high", "not a number"), ("color=1.0", r"in \[0, 1\)")):
+        with pytest.raises(ValueError, match=msg):
+            TrainConfig(roi_thresholds=bad).thresholds(names)
+    with pytest.raises(ValueError, match="entries for"):
+        ModelConfig(num_values=(3, 2), roi_thresholds=(0.5,))
+    cfg = ModelConfig(num_values=(3, 2, 4), backbone="alexnet", image_size=64, conv_channels=16, hidden=16, embed_dim=8, roi_thresholds=(0.2, 0.5, 0.8))
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # stored with the checkpoint
+    m = FashionSearchNet(cfg).eval()
+    maps = torch.rand(4, 3, 7, 7, generator=torch.Generator().manual_seed(0))
+    rois = m.forward_rois(maps)
+    for a, t in enumerate(cfg.roi_thresholds):
+        assert torch.equal(rois[:, a], boxes_from_maps(maps[:, a], t, cfg.roi_upsample))

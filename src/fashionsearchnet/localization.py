@@ -70,19 +70,22 @@ def largest_component_boxes(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(empty[:, None], whole, boxes).to(torch.float32)
 
 
-def boxes_from_maps(maps: torch.Tensor, threshold: float = 0.2, upsample: int = 1) -> torch.Tensor:
+def boxes_from_maps(maps: torch.Tensor, threshold: float | torch.Tensor = 0.2, upsample: int = 1) -> torch.Tensor:
     """ROIs of activation maps (N, H, W) -> boxes (N, 4) in map-cell units (see module docstring).
 
     Each map is optionally upsampled bilinearly by ``upsample`` (finer boxes than the cell grid),
-    min-max normalised, thresholded at ``threshold`` of its range, and the box of its largest
-    connected component is returned.
+    min-max normalised, thresholded at ``threshold`` of its range (one value, or one per map as an
+    (N,) tensor), and the box of its largest connected component is returned.
     """
-    if not 0.0 <= threshold < 1.0:
+    thr = torch.as_tensor(threshold, dtype=torch.float32, device=maps.device)
+    if thr.dim() > 1 or (thr.dim() == 1 and thr.shape[0] != maps.shape[0]):
+        raise ValueError(f"ROI thresholds: expected one value or one per map ({maps.shape[0]}), got shape {tuple(thr.shape)}")
+    if not bool(((thr >= 0) & (thr < 1)).all()):
         raise ValueError(f"ROI threshold must be in [0, 1), got {threshold}")
     maps = maps.detach().float()
     if upsample > 1:
         maps = F.interpolate(maps.unsqueeze(1), scale_factor=upsample, mode="bilinear", align_corners=False).squeeze(1)
-    mask = normalise_maps(maps) >= threshold
+    mask = normalise_maps(maps) >= (thr.view(-1, 1, 1) if thr.dim() == 1 else thr)
     return largest_component_boxes(mask) / float(upsample)
 
 

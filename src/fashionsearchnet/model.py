@@ -45,6 +45,7 @@ class ModelConfig:
     hidden: int = 512  # width of the first two fully connected layers of each branch
     embed_dim: int = 64  # D, per attribute
     roi_threshold: float = 0.5  # of each map's min-max range (0.5 localized best on synthetic val; CAM papers use 0.2 of max)
+    roi_thresholds: tuple[float, ...] = ()  # per attribute, overriding roi_threshold (empty: roi_threshold for all)
     roi_upsample: int = 2  # maps are upsampled before thresholding: boxes finer than the grid
     localization: bool = True  # False: the no-localization ablation (every branch pools the whole map)
     freeze_bn: bool = True  # keep the pretrained backbone's batch-norm statistics (folded into the convs)
@@ -64,9 +65,16 @@ class ModelConfig:
             raise ValueError(f"image_size must be at least 32, got {self.image_size}")
         if self.aam_pooling not in ("gap", "lse", "max"):
             raise ValueError(f"aam_pooling must be gap, lse or max, got {self.aam_pooling!r}")
+        if self.roi_thresholds and len(self.roi_thresholds) != len(self.num_values):
+            raise ValueError(f"roi_thresholds has {len(self.roi_thresholds)} entries for {len(self.num_values)} attributes")
+        if not all(0.0 <= t < 1.0 for t in (self.roi_threshold, *self.roi_thresholds)):
+            raise ValueError("ROI thresholds must be in [0, 1)")
         for r, a in self.region_pairs:
             if not (0 <= r < len(self.num_values) and 0 <= a < len(self.num_values)):
                 raise ValueError(f"region pair {(r, a)} names an attribute outside 0..{len(self.num_values) - 1}")
+
+    def threshold_of(self, attribute: int) -> float:
+        return self.roi_thresholds[attribute] if self.roi_thresholds else self.roi_threshold
 
     @property
     def num_attributes(self) -> int:
@@ -81,6 +89,7 @@ class ModelConfig:
         d["num_values"] = tuple(d["num_values"])
         d["region_pairs"] = tuple(tuple(p) for p in d.get("region_pairs", ()))
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        d["roi_thresholds"] = tuple(float(t) for t in d.get("roi_thresholds", ()))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -188,7 +197,10 @@ class FashionSearchNet(nn.Module):
         if not self.cfg.localization:
             return whole_map_boxes(b * a, h, w, maps.device).view(b, a, 4)
         with torch.no_grad():  # the ROI coordinates are not differentiated (method.md §2)
-            boxes = boxes_from_maps(maps.reshape(b * a, h, w), self.cfg.roi_threshold, self.cfg.roi_upsample)
+            thr = self.cfg.roi_threshold
+            if self.cfg.roi_thresholds:
+                thr = torch.tensor(self.cfg.roi_thresholds, device=maps.device).repeat(b)  # (B·A,) in map order
+            boxes = boxes_from_maps(maps.reshape(b * a, h, w), thr, self.cfg.roi_upsample)
         return boxes.view(b, a, 4)
 
     def _pool(self, feats: Features, rois: torch.Tensor) -> torch.Tensor:

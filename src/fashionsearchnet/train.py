@@ -55,6 +55,7 @@ class TrainConfig:
     hidden: int = 512
     embed_dim: int = 64
     roi_threshold: float = 0.5
+    roi_thresholds: str = ""  # per attribute, e.g. "sleeve_color=0.7,category=0.4"; the rest use roi_threshold
     roi_upsample: int = 2
     localization: bool = True
     freeze_bn: bool = True
@@ -123,13 +124,34 @@ class TrainConfig:
         ]
         return [s for s in plan if s[1] > 0]
 
-    def model_config(self, num_values: tuple[int, ...], region_pairs: tuple[tuple[int, int], ...]) -> ModelConfig:
+    def thresholds(self, names: Sequence[str]) -> tuple[float, ...]:
+        """``roi_thresholds`` resolved against the attribute names: one value per attribute, or ()."""
+        if not self.roi_thresholds.strip():
+            return ()
+        out = {n: self.roi_threshold for n in names}
+        for item in self.roi_thresholds.split(","):
+            name, sep, raw = item.strip().partition("=")
+            if not sep or name.strip() not in out:
+                raise ValueError(f"roi_thresholds entry {item.strip()!r}: expected attribute=value with an attribute of {', '.join(names)}")
+            try:
+                t = float(raw)
+            except ValueError:
+                raise ValueError(f"roi_thresholds entry {item.strip()!r}: {raw!r} is not a number") from None
+            if not 0.0 <= t < 1.0:
+                raise ValueError(f"roi_thresholds entry {item.strip()!r}: a threshold must be in [0, 1)")
+            out[name.strip()] = t
+        return tuple(out[n] for n in names)
+
+    def model_config(self, num_values: tuple[int, ...], region_pairs: tuple[tuple[int, int], ...], names: Sequence[str] = ()) -> ModelConfig:
         from .backbones import backbone_info
 
         info = backbone_info(self.backbone)
+        if self.roi_thresholds.strip() and len(names) != len(num_values):
+            raise ValueError("roi_thresholds needs the attribute names")
         return ModelConfig(
             num_values=num_values, backbone=self.backbone, image_size=self.image_size, conv_channels=self.conv_channels,
             roi_size=self.roi_size, hidden=self.hidden, embed_dim=self.embed_dim, roi_threshold=self.roi_threshold,
+            roi_thresholds=self.thresholds(names) if names else (),
             roi_upsample=self.roi_upsample, localization=self.localization, freeze_bn=self.freeze_bn, frozen_stages=self.frozen_stages,
             map_stage=self.map_stage, aam_pooling=self.aam_pooling, lse_r=self.lse_r, map_padding=self.map_padding,
             region_pairs=region_pairs, mean=info.mean, std=info.std,
@@ -318,7 +340,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     _barrier(d)
 
     region_pairs = tuple((schema.attribute_index(schema.region(r).roi_attribute), schema.attribute_index(a)) for r, a in schema.region_pairs())
-    mcfg = cfg.model_config(schema.num_values, region_pairs)
+    mcfg = cfg.model_config(schema.num_values, region_pairs, schema.names)
     torch.manual_seed(cfg.seed)
     model = FashionSearchNet(mcfg, pretrained=cfg.pretrained)
     model = prepare_model(model, device)
