@@ -18,12 +18,9 @@ QUICK = [
 ]
 
 
-
 def example_query(cat):
     """A test item and a sleeve-colour edit whose exact target (every other label kept) exists in the
     catalog, so the example shows what a region edit should find; (item, edits, target labels)."""
-    import numpy as np
-
     names = cat.schema.names
     if "sleeve_color" not in names:
         return cat.split("test")[0].id, [], None
@@ -44,6 +41,7 @@ def example_query(cat):
                 if (labels == t).all(1).any():
                     return cat.records[i].id, [f"sleeve:color={values[v]}"], t
     return cat.split("test")[0].id, ["sleeve:color=red"], None
+
 
 def run_demo(args: argparse.Namespace) -> int:
     from .catalog import read_catalog

@@ -151,7 +151,7 @@ class TrainConfig:
         return ModelConfig(
             num_values=num_values, backbone=self.backbone, image_size=self.image_size, conv_channels=self.conv_channels,
             roi_size=self.roi_size, hidden=self.hidden, embed_dim=self.embed_dim, roi_threshold=self.roi_threshold,
-            roi_thresholds=self.thresholds(names) if names else (),
+            roi_thresholds=self.thresholds(names),
             roi_upsample=self.roi_upsample, localization=self.localization, freeze_bn=self.freeze_bn, frozen_stages=self.frozen_stages,
             map_stage=self.map_stage, aam_pooling=self.aam_pooling, lse_r=self.lse_r, map_padding=self.map_padding,
             region_pairs=region_pairs, mean=info.mean, std=info.std,
