@@ -150,7 +150,7 @@ def test_queries_towards_a_value_without_prototype_are_dropped_for_every_method(
     import dataclasses
 
     from fashionsearchnet.catalog import read_catalog
-    from fashionsearchnet.evaluate import embed_split, resolvable
+    from fashionsearchnet.evaluate import _searcher, embed_split, resolvable
     from fashionsearchnet.search import Edit
 
     cat = read_catalog(synth_small)
@@ -164,6 +164,6 @@ def test_queries_towards_a_value_without_prototype_are_dropped_for_every_method(
     count[schema.attribute_index("color"), 1] = 0
     e_missing = dataclasses.replace(e, protos=dataclasses.replace(e.protos, attr_count=count))
     edits = [[Edit("color", gone)], [Edit("color", color.values[0])], [Edit("color", gone), Edit("pattern", schema.attribute("pattern").values[0])]]
-    assert resolvable(schema, {"fsn": e}, edits).tolist() == [True, True, True]
+    assert resolvable([_searcher(schema, e)], edits).tolist() == [True, True, True]
     # one model lacking the prototype drops the query for all
-    assert resolvable(schema, {"fsn": e, "other": e_missing}, edits).tolist() == [False, True, False]
+    assert resolvable([_searcher(schema, e), _searcher(schema, e_missing)], edits).tolist() == [False, True, False]

@@ -22,6 +22,7 @@ MODEL_FILE = "model.safetensors"
 LAST_FILE = "last.safetensors"
 STATE_FILE = "train_state.pt"
 PROTOTYPES_FILE = "prototypes.safetensors"
+MODEL_JSON = "model.json"  # the selected model's config, schema and epoch, readable without safetensors
 FORMAT = 1
 
 

@@ -85,12 +85,11 @@ def _searcher(schema: Schema, e: Embedded):
     return Searcher(idx, e.protos)
 
 
-def resolvable(schema: Schema, runs: dict[str, Embedded], edits: list[list[Edit]]) -> np.ndarray:
-    """Which queries every model can answer: an edit towards a value no training item has has no
-    prototype. Such queries are dropped for all methods alike, so they stay comparable."""
+def resolvable(searchers: list, edits: list[list[Edit]]) -> np.ndarray:
+    """Which queries every model's Searcher can answer: an edit towards a value no training item
+    has has no prototype. Such queries are dropped for all methods alike, so they stay comparable."""
     from .search import SearchError
 
-    searchers = [_searcher(schema, e) for e in runs.values()]
     ok: dict[tuple, bool] = {}
     out = np.ones(len(edits), bool)
     for j, ed in enumerate(edits):
@@ -106,9 +105,8 @@ def resolvable(schema: Schema, runs: dict[str, Embedded], edits: list[list[Edit]
     return out
 
 
-def rank_fsn(schema: Schema, e: Embedded, queries: list[tuple[int, list[Edit]]], extra_weight: float, k: int = K_MAX) -> np.ndarray:
-    """(Q, k) gallery rows for each (query row, edits), the query item included in the gallery."""
-    s = _searcher(schema, e)
+def rank_fsn(s, queries: list[tuple[int, list[Edit]]], extra_weight: float, k: int = K_MAX) -> np.ndarray:
+    """(Q, k) gallery rows of Searcher ``s`` for each (query row, edits), the query item included in the gallery."""
     qvecs = np.zeros((len(queries), s.index.vectors.shape[1]), np.float32)
     cache: dict[tuple, list] = {}
     for j, (row, edits) in enumerate(queries):
@@ -120,7 +118,7 @@ def rank_fsn(schema: Schema, e: Embedded, queries: list[tuple[int, list[Edit]]],
         for b, vec, _ in cache[key]:
             blocks[b] = vec
         for b in {b for b, _, _ in cache[key]}:
-            weights[b] = (weights[b] if b < len(schema.names) else s._region_base_weight(b)) * (1.0 + extra_weight)
+            weights[b] = (weights[b] if b < len(s.schema.names) else s._region_base_weight(b)) * (1.0 + extra_weight)
         qvecs[j] = (blocks * weights[:, None]).reshape(-1)
     out = np.full((len(queries), k), -1, np.int64)
     for c in range(0, len(queries), 2048):
@@ -304,8 +302,9 @@ def evaluate(
     rq = region_queries(schema, labels, max_queries, seed)
     if any(a.describes for a in schema.attributes):  # the schema has region-specific labels
         protocols.append(("region", [q for q, _, _ in rq], [[Edit(d, schema.attributes[q.attribute].values[q.value], r)] for q, r, d in rq]))
+    searchers = {m: _searcher(schema, e) for m, e in runs.items()}
     for name, qs, edits in protocols:
-        keep = resolvable(schema, runs, edits)
+        keep = resolvable(list(searchers.values()), edits)
         dropped = len(qs) - int(keep.sum())
         qs = [q for q, k in zip(qs, keep) if k]
         edits = [e for e, k in zip(edits, keep) if k]
@@ -319,8 +318,8 @@ def evaluate(
             report["protocols"][name] = res
             continue
         rows = [q.row for q in qs]
-        for mname, e in runs.items():
-            ranked = rank_fsn(schema, e, list(zip(rows, edits)), extra_weight)
+        for mname, searcher in searchers.items():
+            ranked = rank_fsn(searcher, list(zip(rows, edits)), extra_weight)
             res["methods"][mname] = score_ranking(ranked, labels, targets)
             if mname == "fsn":  # a few worked examples for the report's gallery figure
                 pick = np.random.default_rng(seed).choice(len(qs), min(3, len(qs)), replace=False)

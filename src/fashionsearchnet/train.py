@@ -334,7 +334,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
-            for f in (ckpt.MODEL_FILE, "model.json", ckpt.LAST_FILE, ckpt.STATE_FILE, METRICS_FILE, ckpt.PROTOTYPES_FILE, "summary.json"):
+            for f in (ckpt.MODEL_FILE, ckpt.MODEL_JSON, ckpt.LAST_FILE, ckpt.STATE_FILE, METRICS_FILE, ckpt.PROTOTYPES_FILE, "summary.json"):
                 (out / f).unlink(missing_ok=True)
             ckpt.write_json(out / RUN_CONFIG_FILE, dataclasses.asdict(cfg) | {"data": str(Path(data).resolve())})
     _barrier(d)
@@ -435,7 +435,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
             if improved:
                 best = metric
                 ckpt.save_model(out / ckpt.MODEL_FILE, model, schema, {"epoch": epoch + 1, "val_attr_mean": metric})
-                ckpt.write_json(out / "model.json", ckpt.model_meta(model, schema) | {"epoch": epoch + 1, "val_attr_mean": metric})
+                ckpt.write_json(out / ckpt.MODEL_JSON, ckpt.model_meta(model, schema) | {"epoch": epoch + 1, "val_attr_mean": metric})
             row = {
                 "epoch": epoch + 1, "stage": stage, "batches": n_batches, "seconds": round(dt, 2),
                 "images_per_second": round(n_images * d.world / dt, 1), "lr": sched.get_last_lr()[-1],
