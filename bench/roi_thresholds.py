@@ -1,11 +1,12 @@
 """How well each attribute's ROI fits its ground-truth region, for several ROI thresholds.
 
-    python bench/roi_thresholds.py --model RUN --data CATALOG [--split val] [--thresholds 0.3,0.5,0.6,0.7,0.8]
+    python bench/roi_thresholds.py --model RUN --data CATALOG [--split val] [--thresholds 0.3,0.5,0.6,0.7,0.8] [--norm minmax|median]
 
 For a catalog with region boxes (the synthetic one), prints per region attribute the share of
 items whose ROI reaches IoU ≥ 0.5 with the best-matching ground-truth part, at each threshold,
 computed from the trained model's activation maps (the ROIs are extracted again; the model is not
-retrained). Use it on the val split to choose ``roi_thresholds`` (never on test).
+retrained). ``--norm`` scales the maps as the model's ``roi_norm`` option would (default: the
+model's own). Use it on the val split to choose ``roi_thresholds`` and ``roi_norm`` (never on test).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--split", default="val", choices=["train", "val", "test"])
     ap.add_argument("--thresholds", default="0.3,0.5,0.6,0.7,0.8")
+    ap.add_argument("--norm", choices=["minmax", "median"], default=None, help="map scaling before the threshold (default: the model's roi_norm)")
     args = ap.parse_args(argv)
     try:
         thresholds = [float(t) for t in args.thresholds.split(",")]
@@ -54,13 +56,14 @@ def main(argv=None) -> int:
     recs = cat.split(args.split)
     model, schema = ckpt.load_model(args.model, torch.device("cpu"))
     model.eval()
+    norm = args.norm or model.cfg.roi_norm
     maps = activation_maps(model, [cat.image_path(r) for r in recs])
     h, w = maps.shape[-2:]
     sizes = []
     for r in recs:
         with Image.open(cat.image_path(r)) as im:
             sizes.append(im.size)
-    print(f"{args.model} on {args.data} ({args.split}, {len(recs)} items): share of ROIs with IoU ≥ 0.5")
+    print(f"{args.model} on {args.data} ({args.split}, {len(recs)} items): share of ROIs with IoU ≥ 0.5 ({norm} scaling)")
     print(f"{'attribute':<16} {'items':>6} " + " ".join(f"{'t=' + format(t, 'g'):>7}" for t in thresholds))
     for a, attr in enumerate(schema.attributes):
         rows = [i for i, r in enumerate(recs) if attr.region and r.boxes.get(attr.region)]
@@ -69,7 +72,7 @@ def main(argv=None) -> int:
         gts = [[(x0 / sizes[i][0], y0 / sizes[i][1], x1 / sizes[i][0], y1 / sizes[i][1]) for x0, y0, x1, y1 in recs[i].boxes[attr.region]] for i in rows]
         cells = []
         for t in thresholds:
-            boxes = boxes_from_maps(maps[rows, a], t, model.cfg.roi_upsample) / torch.tensor([w, h, w, h])
+            boxes = boxes_from_maps(maps[rows, a], t, model.cfg.roi_upsample, norm) / torch.tensor([w, h, w, h])
             cells.append(f"{iou_hits(boxes.numpy(), gts).mean():>7.2f}")
         print(f"{attr.name:<16} {len(rows):>6} " + " ".join(cells))
     return 0

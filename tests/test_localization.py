@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fashionsearchnet.localization import boxes_from_maps, box_iou, connected_components, largest_component_boxes, normalise_maps, peak_points
+from fashionsearchnet.localization import background_normalise_maps, boxes_from_maps, box_iou, connected_components, largest_component_boxes, normalise_maps, peak_points
 
 
 def naive_largest_box(mask: np.ndarray):
@@ -106,3 +106,35 @@ def test_per_map_thresholds_equal_one_call_per_map():
         boxes_from_maps(maps, thr[:5])
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         boxes_from_maps(maps, torch.full((12,), 1.0))
+
+
+def test_background_normalisation_matches_loop():
+    rng = np.random.default_rng(5)
+    maps = rng.normal(size=(25, 7, 8)).astype(np.float32)
+    maps[0] = 3.0  # constant: nothing above the median
+    maps[1, :, :] = -1.0
+    maps[1, 2, 3] = 4.0  # one peak over a flat background
+    want = []
+    for m in maps:
+        v = np.sort(m.ravel())
+        med = v[(v.size - 1) // 2]  # the lower median
+        pos = np.clip(m - med, 0, None)
+        want.append(pos / pos.max() if pos.max() > 0 else np.ones_like(m))
+    got = background_normalise_maps(torch.from_numpy(maps)).numpy()
+    np.testing.assert_allclose(got, np.array(want), rtol=1e-6, atol=1e-7)
+    assert got[1, 2, 3] == 1.0 and (np.delete(got[1].ravel(), 2 * 8 + 3) == 0).all()
+    # boxes with median scaling: the threshold applied to those values, as in the naive loop
+    want_boxes = np.array([naive_largest_box(n >= 0.3) for n in np.array(want)])
+    np.testing.assert_array_equal(boxes_from_maps(torch.from_numpy(maps), 0.3, 1, norm="median").numpy(), want_boxes)
+
+
+def test_median_scaling_ignores_evidence_against():
+    # a peak (the part), a flat background and a strongly negative body: min-max scaling lifts the
+    # background over 0.5 and the box becomes the whole map; median scaling keeps the peak alone
+    m = torch.zeros(1, 8, 8)
+    m[0, 3:7, 2:6] = -10.0
+    m[0, 1, 5:7] = 3.0
+    assert boxes_from_maps(m, 0.5, 1).tolist() == [[0.0, 0.0, 8.0, 8.0]]
+    assert boxes_from_maps(m, 0.5, 1, norm="median").tolist() == [[5.0, 1.0, 7.0, 2.0]]
+    with pytest.raises(ValueError, match="normalisation"):
+        boxes_from_maps(m, 0.5, 1, norm="zscore")

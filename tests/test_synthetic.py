@@ -42,7 +42,10 @@ def test_boxes_contain_drawn_parts(category, sleeve_length):
     for box in boxes["sleeve"]:
         inside = _inside(red, [box], tol=0)
         assert red[inside].mean() > 0.25  # a slanted sleeve fills a good part of its box
-    assert skin[_inside(skin, boxes["neck"], tol=0)].mean() > 0.3
+    assert skin[_inside(skin, boxes["neck"], tol=0)].mean() > 0.15  # the neck area: where any neckline can lie
+    # the neck box does not depend on the neckline, so it cannot give the value away
+    for neckline in (0, 2):
+        assert render(dataclasses.replace(spec, neckline=neckline), 128)[1]["neck"] == boxes["neck"]
     # ... and outside all boxes there is only background
     outside = ~_inside(red, boxes["sleeve"] + boxes["neck"] + boxes["body"])
     assert _mask(a, bg)[outside].all()

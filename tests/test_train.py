@@ -176,3 +176,22 @@ def test_per_attribute_roi_thresholds():
     rois = m.forward_rois(maps)
     for a, t in enumerate(cfg.roi_thresholds):
         assert torch.equal(rois[:, a], boxes_from_maps(maps[:, a], t, cfg.roi_upsample))
+
+
+def test_roi_norm_is_stored_and_used():
+    from fashionsearchnet.localization import boxes_from_maps
+    from fashionsearchnet.train import TrainConfig
+
+    with pytest.raises(ValueError, match="roi_norm"):
+        ModelConfig(num_values=(3, 2), roi_norm="zscore")
+    cfg = TrainConfig(roi_norm="median", roi_threshold=0.4, backbone="alexnet", image_size=64, conv_channels=16, hidden=16, embed_dim=8).model_config((3, 2), ())
+    assert cfg.roi_norm == "median"
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    old = cfg.to_dict()
+    del old["roi_norm"]  # a checkpoint written before the option keeps min-max scaling
+    assert ModelConfig.from_dict(old).roi_norm == "minmax"
+    m = FashionSearchNet(cfg).eval()
+    maps = torch.randn(5, 2, 9, 9, generator=torch.Generator().manual_seed(1))
+    rois = m.forward_rois(maps)
+    for a in range(2):
+        assert torch.equal(rois[:, a], boxes_from_maps(maps[:, a], 0.4, cfg.roi_upsample, "median"))

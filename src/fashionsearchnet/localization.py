@@ -21,6 +21,24 @@ def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
     return out.view_as(maps)
 
 
+ROI_NORMS = ("minmax", "median")
+
+
+def background_normalise_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Each (…, H, W) map minus its median (the background level: a part covers a minority of the
+    picture), clipped at 0 and divided by its maximum; a map with nothing above its median becomes
+    all ones. A threshold on the result is then a fraction of the peak's height above the background,
+    as in the CAM literature's "fraction of the maximum", without min-max scaling letting strongly
+    negative cells (evidence against the value) lift the background over the threshold.
+    """
+    flat = maps.flatten(-2)
+    med = flat.median(-1, keepdim=True).values  # the lower median for an even count
+    pos = (flat - med).clamp_min(0)
+    hi = pos.max(-1, keepdim=True).values
+    out = torch.where(hi > 0, pos / hi.clamp_min(1e-12), torch.ones_like(pos))
+    return out.view_as(maps)
+
+
 def connected_components(mask: torch.Tensor) -> torch.Tensor:
     """Label 8-connected components of a boolean (N, H, W) mask.
 
@@ -70,13 +88,17 @@ def largest_component_boxes(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(empty[:, None], whole, boxes).to(torch.float32)
 
 
-def boxes_from_maps(maps: torch.Tensor, threshold: float | torch.Tensor = 0.2, upsample: int = 1) -> torch.Tensor:
+def boxes_from_maps(maps: torch.Tensor, threshold: float | torch.Tensor = 0.2, upsample: int = 1, norm: str = "minmax") -> torch.Tensor:
     """ROIs of activation maps (N, H, W) -> boxes (N, 4) in map-cell units (see module docstring).
 
     Each map is optionally upsampled bilinearly by ``upsample`` (finer boxes than the cell grid),
-    min-max normalised, thresholded at ``threshold`` of its range (one value, or one per map as an
-    (N,) tensor), and the box of its largest connected component is returned.
+    normalised (``norm``: ``minmax`` scales its range to [0, 1]; ``median`` measures height above
+    its median relative to the peak, see background_normalise_maps), thresholded at ``threshold``
+    (one value, or one per map as an (N,) tensor), and the box of its largest connected component
+    is returned.
     """
+    if norm not in ROI_NORMS:
+        raise ValueError(f"ROI normalisation must be one of {', '.join(ROI_NORMS)}, got {norm!r}")
     thr = torch.as_tensor(threshold, dtype=torch.float32, device=maps.device)
     if thr.dim() > 1 or (thr.dim() == 1 and thr.shape[0] != maps.shape[0]):
         raise ValueError(f"ROI thresholds: expected one value or one per map ({maps.shape[0]}), got shape {tuple(thr.shape)}")
@@ -85,7 +107,8 @@ def boxes_from_maps(maps: torch.Tensor, threshold: float | torch.Tensor = 0.2, u
     maps = maps.detach().float()
     if upsample > 1:
         maps = F.interpolate(maps.unsqueeze(1), scale_factor=upsample, mode="bilinear", align_corners=False).squeeze(1)
-    mask = normalise_maps(maps) >= (thr.view(-1, 1, 1) if thr.dim() == 1 else thr)
+    scaled = background_normalise_maps(maps) if norm == "median" else normalise_maps(maps)
+    mask = scaled >= (thr.view(-1, 1, 1) if thr.dim() == 1 else thr)
     return largest_component_boxes(mask) / float(upsample)
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from .backbones import backbone_info, build_backbone, fold_batchnorm, freeze_stages, run_backbone
-from .localization import boxes_from_maps, whole_map_boxes
+from .localization import ROI_NORMS, boxes_from_maps, whole_map_boxes
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class ModelConfig:
     roi_threshold: float = 0.5  # of each map's min-max range (0.5 localized best on synthetic val; CAM papers use 0.2 of max)
     roi_thresholds: tuple[float, ...] = ()  # per attribute, overriding roi_threshold (empty: roi_threshold for all)
     roi_upsample: int = 2  # maps are upsampled before thresholding: boxes finer than the grid
+    roi_norm: str = "minmax"  # how a map is scaled before its threshold: minmax (its range) | median (height above its median, / peak)
     localization: bool = True  # False: the no-localization ablation (every branch pools the whole map)
     freeze_bn: bool = True  # keep the pretrained backbone's batch-norm statistics (folded into the convs)
     frozen_stages: int = 0  # leading backbone stages kept as loaded (no gradient, no backward cost)
@@ -65,6 +66,8 @@ class ModelConfig:
             raise ValueError(f"image_size must be at least 32, got {self.image_size}")
         if self.aam_pooling not in ("gap", "lse", "max"):
             raise ValueError(f"aam_pooling must be gap, lse or max, got {self.aam_pooling!r}")
+        if self.roi_norm not in ROI_NORMS:
+            raise ValueError(f"roi_norm must be one of {', '.join(ROI_NORMS)}, got {self.roi_norm!r}")
         if self.roi_thresholds and len(self.roi_thresholds) != len(self.num_values):
             raise ValueError(f"roi_thresholds has {len(self.roi_thresholds)} entries for {len(self.num_values)} attributes")
         if not all(0.0 <= t < 1.0 for t in (self.roi_threshold, *self.roi_thresholds)):
@@ -200,7 +203,7 @@ class FashionSearchNet(nn.Module):
             thr = self.cfg.roi_threshold
             if self.cfg.roi_thresholds:
                 thr = torch.tensor(self.cfg.roi_thresholds, device=maps.device).repeat(b)  # (B·A,) in map order
-            boxes = boxes_from_maps(maps.reshape(b * a, h, w), thr, self.cfg.roi_upsample)
+            boxes = boxes_from_maps(maps.reshape(b * a, h, w), thr, self.cfg.roi_upsample, self.cfg.roi_norm)
         return boxes.view(b, a, 4)
 
     def _pool(self, feats: Features, rois: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,8 @@ Each image shows one garment drawn with PIL polygons over a cluttered background
 
 with nuisance a global descriptor cannot ignore: distractor shapes in the same palette, random
 position, scale and rotation, a lighting gradient and pixel noise. Every item also records its
-ground-truth regions, one box per part: ``sleeve`` (two boxes), ``neck`` and ``body``.
+ground-truth regions, one box per part: ``sleeve`` (two boxes), ``neck`` (the area any neckline
+occupies, the same for every value) and ``body``.
 
 Everything is drawn from ``numpy.random.default_rng([seed, index])``, so an item depends only on
 the seed and its index (not on worker count), and the same seed gives byte-identical files.
@@ -46,6 +47,9 @@ SLEEVES = ("none", "short", "long")
 NECKLINES = ("round", "v-neck", "boat")
 PATTERNS = ("solid", "stripes", "dots", "checks")
 SKIN = (225, 185, 150)
+# The neck region's box: where any of the three necklines lies (the union of their extents), so the
+# box neither gives the value away nor degenerates (a boat neck alone is 0.05 high: under a map cell).
+NECK_AREA = (-0.15, 0.0, 0.15, 0.24)  # x0, y0, x1, y1 in the garment frame, y from the shoulder line
 
 
 def schema() -> Schema:
@@ -241,7 +245,9 @@ def render(spec: Spec, size: int) -> tuple[Image.Image, dict[str, list[tuple[flo
     sleeve_col = PALETTE[COLORS[spec.sleeve_color]]
     for s in sleeves_px:
         draw.polygon(s, fill=sleeve_col)
-    boxes = {"body": [_bbox(body_px, size)], "neck": [_bbox(neck_px, size)]}
+    x0, y0, x1, y1 = NECK_AREA
+    neck_area = tf([(x0, top + y0), (x1, top + y0), (x1, top + y1), (x0, top + y1)])
+    boxes = {"body": [_bbox(body_px, size)], "neck": [_bbox(neck_area, size)]}
     if sleeves_px:
         boxes["sleeve"] = [_bbox(s, size) for s in sleeves_px]
     return _light(img, spec), boxes

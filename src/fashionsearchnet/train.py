@@ -57,6 +57,7 @@ class TrainConfig:
     roi_threshold: float = 0.5
     roi_thresholds: str = ""  # per attribute, e.g. "sleeve_color=0.7,category=0.4"; the rest use roi_threshold
     roi_upsample: int = 2
+    roi_norm: str = "minmax"  # minmax | median (see ModelConfig)
     localization: bool = True
     freeze_bn: bool = True
     frozen_stages: int = 0
@@ -152,7 +153,7 @@ class TrainConfig:
             num_values=num_values, backbone=self.backbone, image_size=self.image_size, conv_channels=self.conv_channels,
             roi_size=self.roi_size, hidden=self.hidden, embed_dim=self.embed_dim, roi_threshold=self.roi_threshold,
             roi_thresholds=self.thresholds(names),
-            roi_upsample=self.roi_upsample, localization=self.localization, freeze_bn=self.freeze_bn, frozen_stages=self.frozen_stages,
+            roi_upsample=self.roi_upsample, roi_norm=self.roi_norm, localization=self.localization, freeze_bn=self.freeze_bn, frozen_stages=self.frozen_stages,
             map_stage=self.map_stage, aam_pooling=self.aam_pooling, lse_r=self.lse_r, map_padding=self.map_padding,
             region_pairs=region_pairs, mean=info.mean, std=info.std,
         )
