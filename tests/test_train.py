@@ -184,6 +184,8 @@ def test_roi_norm_is_stored_and_used():
 
     with pytest.raises(ValueError, match="roi_norm"):
         ModelConfig(num_values=(3, 2), roi_norm="zscore")
+    with pytest.raises(ValueError, match="roi_norm must be minmax or median"):
+        TrainConfig(roi_norm="zscore").validate()  # before any data is read
     cfg = TrainConfig(roi_norm="median", roi_threshold=0.4, backbone="alexnet", image_size=64, conv_channels=16, hidden=16, embed_dim=8).model_config((3, 2), ())
     assert cfg.roi_norm == "median"
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

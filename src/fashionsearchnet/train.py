@@ -102,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"mode must be staged or joint, got {self.mode!r}")
         if self.mining not in MINING:
             raise ValueError(f"mining must be one of {', '.join(MINING)}, got {self.mining!r}")
+        if self.roi_norm not in ("minmax", "median"):
+            raise ValueError(f"roi_norm must be minmax or median, got {self.roi_norm!r}")
         if self.cache not in ("auto", "memory", "disk"):
             raise ValueError(f"cache must be auto, memory or disk, got {self.cache!r}")
         if self.mode == "staged" and self.epochs_global + self.epochs_attributes < 1:
