@@ -17,6 +17,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .catalog import read_catalog
+from .index.backends import EF_SEARCH, NPROBE
 from .index.store import IndexError_, commit_version, current_version, load_index, load_parts, save_part, start_build
 
 
@@ -36,8 +37,8 @@ def build_index(
     backend: str = "faiss",
     kind: str = "flat",
     uri: str | None = None,
-    nprobe: int = 16,
-    ef_search: int = 256,
+    nprobe: int = NPROBE,
+    ef_search: int = EF_SEARCH,
     split: str | None = None,
     resume: bool = False,
     add: bool = False,

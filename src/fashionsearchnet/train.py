@@ -34,6 +34,7 @@ from .catalog import read_catalog
 from .data import ImageSource, augment, fits_in_memory, normalise
 from .device import autocast, prepare_input, prepare_model, resolve_device, resolve_precision
 from .embed import compute_prototypes, embed_batches, iterate_images, save_prototypes, value_accuracy, Embedding
+from .localization import ROI_NORMS
 from .losses import MINING, fsn_losses
 from .model import FashionSearchNet, ModelConfig
 from .sampler import PKBatchSampler
@@ -102,8 +103,8 @@ class TrainConfig:
             raise ValueError(f"mode must be staged or joint, got {self.mode!r}")
         if self.mining not in MINING:
             raise ValueError(f"mining must be one of {', '.join(MINING)}, got {self.mining!r}")
-        if self.roi_norm not in ("minmax", "median"):
-            raise ValueError(f"roi_norm must be minmax or median, got {self.roi_norm!r}")
+        if self.roi_norm not in ROI_NORMS:
+            raise ValueError(f"roi_norm must be {' or '.join(ROI_NORMS)}, got {self.roi_norm!r}")
         if self.cache not in ("auto", "memory", "disk"):
             raise ValueError(f"cache must be auto, memory or disk, got {self.cache!r}")
         if self.mode == "staged" and self.epochs_global + self.epochs_attributes < 1:

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 BACKENDS = ("faiss", "milvus", "numpy")
+NPROBE, EF_SEARCH = 16, 256  # default IVF lists probed and HNSW search depth (see bench/search_latency.py)
 QUERY_CHUNK = 64  # exact FAISS search runs as BLAS products over this many queries at a time
 
 
@@ -76,7 +77,7 @@ class FaissBackend:
 
     name = "faiss"
 
-    def __init__(self, index, vectors: np.ndarray, kind: str, rerank: int = 4, nprobe: int = 16, ef_search: int = 256):
+    def __init__(self, index, vectors: np.ndarray, kind: str, rerank: int = 4, nprobe: int = NPROBE, ef_search: int = EF_SEARCH):
         self.index, self.vectors, self.kind = index, vectors, kind
         self.rerank, self.nprobe, self.ef_search = rerank, nprobe, ef_search
 
@@ -241,7 +242,7 @@ def open_backend(name: str, version_dir: Path, vectors: np.ndarray, manifest: di
         faiss = _faiss()
         spec = manifest.get("faiss", {})
         index = faiss.read_index(str(version_dir / "faiss.index"))
-        return FaissBackend(index, vectors, spec.get("kind", "flat"), spec.get("rerank", 4), spec.get("nprobe", 16), spec.get("ef_search", 256))
+        return FaissBackend(index, vectors, spec.get("kind", "flat"), spec.get("rerank", 4), spec.get("nprobe", NPROBE), spec.get("ef_search", EF_SEARCH))
     if name == "milvus":
         spec = manifest["milvus"]
         uri = spec["uri"] if not spec.get("local") else str(version_dir / spec["uri"])
