@@ -1,6 +1,6 @@
 """Training throughput and peak memory per backbone at 224 px (CPU, and GPU with bf16 where present).
 
-    python bench/train_throughput.py [--device cpu|cuda|all] [--batch N] [--steps N] [--pipeline]
+    python bench/train_throughput.py [--device cpu|cuda|all] [--batch N] [--steps N] [--pipeline] [--profile N]
 
 Two measurements per backbone and device:
 - ``model``: images per second of full training steps (forward, all four losses, backward,
@@ -8,6 +8,10 @@ Two measurements per backbone and device:
 - ``pipeline`` (with --pipeline): the same steps fed from a catalog of 224 px JPEGs, through the
   training code's own input path (the in-memory uint8 cache + on-device augmentation), plus the
   decode rate of that cache build: what limits an end-to-end run.
+
+``--profile N`` then runs N more steps of the first backbone under ``torch.profiler`` and prints
+the operators that took the most device (or CPU) time, and the share of the step the device was
+busy: what limits the step.
 
 12 attributes with Shopping100k's value counts (16, 17, 19, 14, 10, 15, 2, 11, 16, 7, 9, 15) and
 the paper-sized head (conv6/conv7 1024 channels, 512-wide branches, 64-d representations).
@@ -86,9 +90,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bench_model(backbone, pretrained, device, dtype, batch, steps, warmup=2):
+def bench_model(backbone, pretrained, device, dtype, batch, steps, warmup=2, fused=False):
     model = make_model(backbone, pretrained, device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4, fused=fused or None)
     step = step_fn(model, opt, device, dtype)
     images = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, device=device)
     y = labels_for(batch, device)
@@ -104,6 +108,46 @@ def bench_model(backbone, pretrained, device, dtype, batch, steps, warmup=2):
     sync(device)
     dt = time.perf_counter() - t
     return model, opt, batch * steps / dt
+
+
+def profile_steps(backbone, pretrained, device, dtype, batch, steps) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    model = make_model(backbone, pretrained, device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
+    step = step_fn(model, opt, device, dtype)
+    images = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, device=device)
+    y = labels_for(batch, device)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        step(images, y, gen)
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step(images, y, gen)
+    sync(device)
+    wall = (time.perf_counter() - t) / steps  # per step, not profiled
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step(images, y, gen)
+        sync(device)
+    events = prof.key_averages()
+    if device.type == "cuda":
+        from torch.autograd import DeviceType
+
+        key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+        busy = sum(getattr(e, key) for e in events if e.device_type == DeviceType.CUDA) / 1e6 / steps  # kernels only
+        print(f"\nprofile: {backbone} on cuda, batch {batch}: a step takes {1e3 * wall:.1f} ms (not profiled); the GPU's kernels "
+              f"run {1e3 * busy:.1f} ms of it ({100 * busy / wall:.0f} %); the rest is the host issuing work or waiting")
+    else:
+        key = "self_cpu_time_total"
+        print(f"\nprofile: {backbone} on cpu, batch {batch}: a step takes {1e3 * wall:.1f} ms (not profiled)")
+    ops = [e for e in events if e.key.startswith("aten::")]
+    syncs = sum(e.count for e in ops if e.key in ("aten::_local_scalar_dense", "aten::nonzero", "aten::equal"))
+    print(f"aten operator calls per step (nested included): {sum(e.count for e in ops) / steps:.0f}; "
+          f"host-synchronising calls (item, nonzero, equal) per step: {syncs / steps:.1f}")
+    print(events.table(sort_by=key, row_limit=25, max_name_column_width=60))
 
 
 def peak_memory(device) -> str:
@@ -142,6 +186,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=0, help="default: 3 on CPU, 30 on GPU")
     ap.add_argument("--pipeline", action="store_true", help="also measure the JPEG input pipeline")
     ap.add_argument("--pipeline-images", type=int, default=2000)
+    ap.add_argument("--fused-adam", action="store_true", help="on GPU, also time each backbone with the fused AdamW kernel")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps of the first backbone on each device")
     ap.add_argument("--backbones", default="alexnet,mobilenet_v2,efficientnet_lite0")
     args = ap.parse_args(argv)
     devices = []
@@ -173,6 +219,15 @@ def main(argv=None) -> int:
             del model, opt
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            if args.fused_adam and device.type == "cuda":
+                model, opt, rate = bench_model(name, pretrained, device, dtype, batch, steps, fused=True)
+                print(f"{device.type:<6} {name + ' fused-adam':<19} {batch:>5} {'bf16':>9} {rate:>12.1f} {'':>15} {'':>13}  {peak_memory(device)}", flush=True)
+                del model, opt
+                torch.cuda.empty_cache()
+    for device in devices if args.profile else ():
+        name, pretrained = next(b for b in BACKBONES if b[0] in wanted)
+        batch = args.batch or (256 if device.type == "cuda" else 32)
+        profile_steps(name, pretrained, device, torch.bfloat16 if device.type == "cuda" else None, batch, args.profile)
     return 0
 
 

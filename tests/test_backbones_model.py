@@ -162,3 +162,19 @@ def test_config_validation():
     cfg = ModelConfig(num_values=(2, 3), region_pairs=((0, 1),))
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     assert math.isclose(tiny_model().global_weights()[0].item(), 1.0, rel_tol=1e-5)
+
+
+def test_value_stacking_matches_per_attribute_loop():
+    m = tiny_model()
+    nv = m.cfg.num_values
+    g = torch.Generator().manual_seed(4)
+    stacked = torch.randn(5, sum(nv), generator=g)
+    lo = 0
+    want = []
+    for n in nv:
+        want.append(stacked[:, lo : lo + n].argmax(1))
+        lo += n
+    assert torch.equal(m.predict_values(stacked), torch.stack(want, 1))
+    padded = torch.randn(len(nv), 5, max(nv), generator=g)  # (A, B, Vmax) -> stacked (B, V): padding dropped
+    want = torch.cat([padded[a, :, :n] for a, n in enumerate(nv)], 1)
+    assert torch.equal(m._stack_logits(padded), want)

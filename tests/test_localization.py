@@ -138,3 +138,36 @@ def test_median_scaling_ignores_evidence_against():
     assert boxes_from_maps(m, 0.5, 1, norm="median").tolist() == [[5.0, 1.0, 7.0, 2.0]]
     with pytest.raises(ValueError, match="normalisation"):
         boxes_from_maps(m, 0.5, 1, norm="zscore")
+
+
+def test_long_winding_components_match_naive_loop():
+    """Shapes that need many propagation rounds: a spiral, a serpentine and a diagonal staircase."""
+    n = 15
+    spiral = np.zeros((n, n), bool)
+    y, x, dy, dx = 0, 0, 0, 1
+    for _ in range(n * n):
+        spiral[y, x] = True
+        ny, nx = y + 2 * dy, x + 2 * dx
+        if not (0 <= ny < n and 0 <= nx < n) or spiral[ny, nx] or spiral[y + dy, x + dx] and (dy, dx) != (0, 0):
+            dy, dx = dx, -dy  # turn right
+            ny, nx = y + 2 * dy, x + 2 * dx
+            if not (0 <= ny < n and 0 <= nx < n) or spiral[ny, nx]:
+                break
+        y, x = y + dy, x + dx
+    serpentine = np.zeros((n, n), bool)
+    serpentine[::2] = True
+    serpentine[1::4, -1] = serpentine[3::4, 0] = True
+    stairs = np.zeros((n, n), bool)
+    for i in range(n):
+        stairs[i, i] = True
+    stairs[:, n // 2] |= np.arange(n) % 3 == 0
+    masks = np.stack([spiral, serpentine, stairs, spiral[::-1].copy(), serpentine.T.copy()])
+    got = largest_component_boxes(torch.from_numpy(masks)).numpy()
+    want = np.array([naive_largest_box(m) for m in masks])
+    np.testing.assert_array_equal(got, want)
+    # and the labels: one per component, the component's largest flat index + 1
+    lab = connected_components(torch.from_numpy(masks)).numpy()
+    for m, lb in zip(masks, lab):
+        for v in np.unique(lb[m]):
+            comp = lb == v
+            assert v == np.flatnonzero(comp.ravel()).max() + 1

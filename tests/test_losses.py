@@ -79,3 +79,67 @@ def test_classification_ignores_unknown():
     assert float(classification_loss(logits, labels, (2, 2))) == pytest.approx(float(want))
     with pytest.raises(ValueError, match="unknown mining"):
         triplet_loss(torch.zeros(2, 2), torch.zeros(2, 2), mining="hard")
+
+
+@pytest.mark.parametrize("mining", ["all", "batch_hard", "semi_hard"])
+def test_batched_triplet_losses_match_one_group_at_a_time(mining, monkeypatch):
+    from fashionsearchnet import losses
+
+    g = torch.Generator().manual_seed(1)
+    emb = torch.randn(5, 8, 3, generator=g, dtype=torch.float64)
+    labels = torch.randint(-1, 3, (5, 8), generator=g)
+    labels[2] = 1  # one group where every item shares the value: no valid triplet
+    got, n = losses.triplet_losses(emb, same_value_relevance(labels), 0.6, mining)
+    for i in range(5):
+        want, n_want = naive(emb[i].tolist(), same_value_relevance(labels[i]).tolist(), 0.6, mining)
+        assert int(n[i]) == n_want and float(got[i]) == pytest.approx(want, abs=1e-6)
+    assert int(n[2]) == 0 and float(got[2]) == 0.0
+    # chunked over groups when the (G, B, B, B) cells would be too many: the same numbers
+    monkeypatch.setattr(losses, "_TRIPLET_CELLS", 2 * 8**3)
+    got2, n2 = losses.triplet_losses(emb, same_value_relevance(labels), 0.6, mining)
+    torch.testing.assert_close(got2, got)
+    assert torch.equal(n2, n)
+
+
+def test_classification_loss_matches_per_attribute_loop():
+    g = torch.Generator().manual_seed(2)
+    num_values = (3, 5, 2, 4)
+    logits = torch.randn(7, sum(num_values), generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.stack([torch.randint(-1, n, (7,), generator=g) for n in num_values], 1)
+    labels[:, 2] = -1  # an attribute with no known label in the batch is left out of the mean
+    got = classification_loss(logits, labels, num_values)
+    parts = []
+    for a, part in enumerate(torch.split(logits, list(num_values), 1)):
+        known = labels[:, a] >= 0
+        if known.any():
+            parts.append(torch.nn.functional.cross_entropy(part[known], labels[known, a]))
+    want = torch.stack(parts).mean()
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-6)
+    (ga,) = torch.autograd.grad(got, logits)
+    (gw,) = torch.autograd.grad(want, logits)
+    torch.testing.assert_close(ga.double(), gw)
+    none = classification_loss(logits, torch.full_like(labels, -1), num_values)
+    assert float(none.detach()) == 0.0 and none.requires_grad
+
+
+def test_fsn_losses_attribute_triplet_is_mean_over_attributes_with_terms():
+    from types import SimpleNamespace
+
+    from fashionsearchnet.losses import fsn_losses
+
+    g = torch.Generator().manual_seed(3)
+    b, a, d = 10, 4, 5
+    reps = torch.nn.functional.normalize(torch.randn(b, a, d, generator=g), dim=-1)
+    labels = torch.stack([torch.randint(-1, 3, (b,), generator=g) for _ in range(a)], 1)
+    labels[:, 1] = 0  # no valid triplet for attribute 1
+    out = SimpleNamespace(reps=reps, gap_logits=torch.randn(b, 12, generator=g), attr_logits=torch.randn(b, 12, generator=g),
+                          global_rep=reps.flatten(1))
+    w = {"aam": 1.0, "attr_ce": 0.5, "attr_triplet": 2.0, "global_triplet": 1.0}
+    parts = fsn_losses(out, labels, (3, 3, 3, 3), w, 0.5, "semi_hard")
+    per = [triplet_loss(reps[:, i], same_value_relevance(labels[:, i]), 0.5) for i in range(a)]
+    want = torch.stack([loss for loss, n in per if n > 0]).mean()
+    assert float(parts["attr_triplet"]) == pytest.approx(float(want), rel=1e-5)
+    glob = triplet_loss(reps.flatten(1), shared_attributes_relevance(labels), 0.5)[0]
+    assert float(parts["global_triplet"]) == pytest.approx(float(glob), rel=1e-5)
+    total = sum(w[k] * parts[k] for k in w)
+    assert float(parts["total"]) == pytest.approx(float(total), rel=1e-5)

@@ -8,6 +8,7 @@ on whole batches on the training device (one ``grid_sample``), so the CPU only d
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,15 +55,23 @@ def load_many(paths: Sequence[Path], size: int, workers: int | None = None, prog
 
 def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (B, 3, S, S) -> float normalised, on x's device."""
-    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    m, s = _channel_constants(tuple(mean), tuple(std), x.device)
     return (x.float() / 255.0 - m) / s
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as (1, 3, 1, 1) tensors on the device, made once (no copy to the GPU per batch)."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+    return m, s
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, max_shift: float = 0.08, scale: tuple[float, float] = (0.9, 1.1), flip: bool = True) -> torch.Tensor:
     """Random scale, translation and horizontal flip of a float batch (B, 3, S, S), in one grid_sample."""
     b = x.shape[0]
-    r = torch.rand(b, 4, generator=generator).to(x.device)
+    r = torch.rand(b, 4, generator=generator)  # drawn on the CPU: the same numbers on any device
+    r = r.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else r
     s = scale[0] + (scale[1] - scale[0]) * r[:, 0]
     tx, ty = (r[:, 1] * 2 - 1) * max_shift * 2, (r[:, 2] * 2 - 1) * max_shift * 2
     sx = torch.where((r[:, 3] < 0.5) & flip, -s, s)

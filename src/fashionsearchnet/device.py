@@ -42,5 +42,13 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return model.to(device).to(memory_format=torch.channels_last)
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to the device; to a GPU through pinned memory, so that the copy does not
+    wait for the GPU's queued work (a copy from ordinary memory synchronises with it)."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)

@@ -39,26 +39,46 @@ def background_normalise_maps(maps: torch.Tensor) -> torch.Tensor:
     return out.view_as(maps)
 
 
+def _run_max(lab: torch.Tensor, fg: torch.Tensor, dim: int) -> torch.Tensor:
+    """Each foreground pixel gets the maximum label of its run (maximal foreground segment) along ``dim``."""
+    lab_t, fg_t = lab.movedim(dim, -1), fg.movedim(dim, -1)  # (…, L): runs along the last axis
+    prev = F.pad(fg_t[..., :-1], (1, 0), value=False)
+    run = torch.cumsum(fg_t & ~prev, -1)  # run number within the line (background: the last run's)
+    lines, length = lab_t.numel() // lab_t.shape[-1], lab_t.shape[-1]
+    key = run + torch.arange(lines, device=lab.device).view(lab_t.shape[:-1] + (1,)) * (length + 1)  # one slot per run
+    best = torch.zeros(lines * (length + 1), dtype=lab.dtype, device=lab.device)
+    best = best.scatter_reduce(0, key.flatten(), lab_t.flatten(), "amax")
+    out = torch.where(fg_t, best[key], lab_t)
+    return out.movedim(-1, dim)
+
+
 def connected_components(mask: torch.Tensor) -> torch.Tensor:
     """Label 8-connected components of a boolean (N, H, W) mask.
 
     Returns int64 (N, H, W): 0 for background; a component's label is 1 + the largest flat index
-    (row-major) among its pixels. Computed by max-propagation, all maps at once.
+    (row-major) among its pixels. Computed by max-propagation, all maps at once: each round spreads
+    labels along whole row and column runs (segmented maxima), to the diagonal neighbours (a 3×3
+    max-pool), and follows each label to the pixel it names (pointer jumping), until a round
+    changes nothing. Blob-like components settle in a few rounds; the only host synchronisation is
+    one convergence check per round.
     """
     n, h, w = mask.shape
-    fg = mask.to(torch.float32)
-    ids = torch.arange(1, h * w + 1, device=mask.device, dtype=torch.float32).view(1, h, w)
-    lab = (ids * fg).unsqueeze(1)
-    fg4 = fg.unsqueeze(1)
+    fg = mask.bool()
+    ids = torch.arange(1, h * w + 1, device=mask.device, dtype=torch.int64).view(1, h, w)
+    lab = ids * fg
+    fg4 = fg.unsqueeze(1).to(torch.float32)
     # float32 holds integers exactly up to 2**24: enough for any map we threshold (≤ 4096×4096)
     for _ in range(h * w):
-        for _ in range(4):  # check convergence every few steps: a sync is costlier than a pool
-            lab = F.max_pool2d(lab, 3, 1, 1) * fg4
-        nxt = F.max_pool2d(lab, 3, 1, 1) * fg4
+        nxt = _run_max(_run_max(lab, fg, 2), fg, 1)
+        nxt = (F.max_pool2d(nxt.unsqueeze(1).to(torch.float32), 3, 1, 1) * fg4).squeeze(1).to(torch.int64)
+        flat = nxt.view(n, h * w)
+        for _ in range(2):  # pointer jumping: a label is a pixel of the same component, whose label is ≥ it
+            flat = torch.maximum(flat, flat.gather(1, (flat - 1).clamp_min(0))) * fg.view(n, h * w)
+        nxt = flat.view(n, h, w)
         if torch.equal(nxt, lab):
             break
         lab = nxt
-    return lab.squeeze(1).to(torch.int64)
+    return lab
 
 
 def largest_component_boxes(mask: torch.Tensor) -> torch.Tensor:
@@ -84,7 +104,7 @@ def largest_component_boxes(mask: torch.Tensor) -> torch.Tensor:
     x1 = torch.where(cols, ar_w, -1).max(1).values + 1
     boxes = torch.stack([x0, y0, x1, y1], 1)
     empty = ~sel.flatten(1).any(1)
-    whole = torch.tensor([0, 0, w, h], device=mask.device, dtype=torch.int64)
+    whole = torch.stack([torch.zeros_like(x0), torch.zeros_like(y0), torch.full_like(x1, w), torch.full_like(y1, h)], 1)
     return torch.where(empty[:, None], whole, boxes).to(torch.float32)
 
 
@@ -99,11 +119,12 @@ def boxes_from_maps(maps: torch.Tensor, threshold: float | torch.Tensor = 0.2, u
     """
     if norm not in ROI_NORMS:
         raise ValueError(f"ROI normalisation must be one of {', '.join(ROI_NORMS)}, got {norm!r}")
-    thr = torch.as_tensor(threshold, dtype=torch.float32, device=maps.device)
+    thr = torch.as_tensor(threshold, dtype=torch.float32)
     if thr.dim() > 1 or (thr.dim() == 1 and thr.shape[0] != maps.shape[0]):
         raise ValueError(f"ROI thresholds: expected one value or one per map ({maps.shape[0]}), got shape {tuple(thr.shape)}")
-    if not bool(((thr >= 0) & (thr < 1)).all()):
+    if thr.device.type == "cpu" and not bool(((thr >= 0) & (thr < 1)).all()):  # (on a GPU: checked by the caller)
         raise ValueError(f"ROI threshold must be in [0, 1), got {threshold}")
+    thr = thr.to(maps.device, non_blocking=True)
     maps = maps.detach().float()
     if upsample > 1:
         maps = F.interpolate(maps.unsqueeze(1), scale_factor=upsample, mode="bilinear", align_corners=False).squeeze(1)
@@ -114,7 +135,9 @@ def boxes_from_maps(maps: torch.Tensor, threshold: float | torch.Tensor = 0.2, u
 
 def whole_map_boxes(n: int, h: int, w: int, device=None) -> torch.Tensor:
     """(n, 4) boxes covering the whole map: the no-localization ablation."""
-    return torch.tensor([0.0, 0.0, float(w), float(h)], device=device).expand(n, 4).clone()
+    boxes = torch.zeros(n, 4, device=device)
+    boxes[:, 2], boxes[:, 3] = float(w), float(h)
+    return boxes
 
 
 def peak_points(maps: torch.Tensor, upsample: int = 1) -> torch.Tensor:

@@ -165,10 +165,12 @@ class FashionSearchNet(nn.Module):
         self.global_weight_raw = nn.Parameter(torch.full((cfg.num_attributes,), math.log(math.e - 1)))  # softplus -> 1
         offsets = torch.tensor([0, *torch.tensor(cfg.num_values).cumsum(0).tolist()])
         self.register_buffer("value_offsets", offsets, persistent=False)
-        valid = torch.zeros(cfg.num_attributes, max(cfg.num_values), dtype=torch.bool)
-        for a, n in enumerate(cfg.num_values):
-            valid[a, :n] = True
-        self.register_buffer("value_valid", valid, persistent=False)
+        # where each stacked value sits in the (A, Vmax) padded layout: index maps, so that
+        # stacking and unstacking logits need no boolean indexing (a host sync on a GPU)
+        vmax = max(cfg.num_values)
+        padded_pos = torch.tensor([a * vmax + v for a, n in enumerate(cfg.num_values) for v in range(n)])
+        self.register_buffer("padded_pos", padded_pos, persistent=False)
+        self.register_buffer("roi_thr", torch.tensor([cfg.threshold_of(a) for a in range(cfg.num_attributes)]), persistent=False)
 
     # -- stages ---------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> Features:
@@ -201,8 +203,8 @@ class FashionSearchNet(nn.Module):
             return whole_map_boxes(b * a, h, w, maps.device).view(b, a, 4)
         with torch.no_grad():  # the ROI coordinates are not differentiated (method.md §2)
             thr = self.cfg.roi_threshold
-            if self.cfg.roi_thresholds:
-                thr = torch.tensor(self.cfg.roi_thresholds, device=maps.device).repeat(b)  # (B·A,) in map order
+            if self.cfg.roi_thresholds:  # (B·A,) in map order, from a buffer: no host-to-device copy per batch
+                thr = self.roi_thr.repeat(b)
             boxes = boxes_from_maps(maps.reshape(b * a, h, w), thr, self.cfg.roi_upsample, self.cfg.roi_norm)
         return boxes.view(b, a, 4)
 
@@ -212,7 +214,7 @@ class FashionSearchNet(nn.Module):
         feats = feats.conv5
         h, w = feats.shape[-2:]
         if (mh, mw) != (h, w):
-            rois = rois * torch.tensor([w / mw, h / mh, w / mw, h / mh], device=rois.device, dtype=rois.dtype)
+            rois = torch.stack([rois[..., 0] * (w / mw), rois[..., 1] * (h / mh), rois[..., 2] * (w / mw), rois[..., 3] * (h / mh)], -1)
         b, r, _ = rois.shape
         batch_idx = torch.arange(b, device=feats.device, dtype=rois.dtype).repeat_interleave(r)
         boxes = torch.cat([batch_idx[:, None], rois.reshape(b * r, 4).to(rois.dtype)], 1)
@@ -244,16 +246,15 @@ class FashionSearchNet(nn.Module):
 
     def _stack_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """(A, B, Vmax) padded per-attribute logits -> (B, V) in the stacked value order."""
-        return logits.transpose(0, 1)[:, self.value_valid]
+        b = logits.shape[1]
+        return logits.transpose(0, 1).reshape(b, -1).index_select(1, self.padded_pos)
 
     # -- whole passes ---------------------------------------------------------------------------
     def predict_values(self, gap_logits: torch.Tensor) -> torch.Tensor:
         """Arg-max value per attribute from stacked logits (B, V) -> (B, A)."""
-        out = []
-        for a in range(self.cfg.num_attributes):
-            lo, hi = int(self.value_offsets[a]), int(self.value_offsets[a + 1])
-            out.append(gap_logits[:, lo:hi].argmax(1))
-        return torch.stack(out, 1)
+        b, a, vmax = gap_logits.shape[0], self.cfg.num_attributes, max(self.cfg.num_values)
+        padded = gap_logits.new_full((b, a * vmax), float("-inf"))
+        return padded.index_copy(1, self.padded_pos, gap_logits).view(b, a, vmax).argmax(-1)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> FSNOutput:
         """Full pass. ``labels`` (B, A; -1 unknown) choose each ROI's value where known (training)."""

@@ -32,7 +32,7 @@ import torch
 from . import checkpoint as ckpt
 from .catalog import read_catalog
 from .data import ImageSource, augment, fits_in_memory, normalise
-from .device import autocast, prepare_input, prepare_model, resolve_device, resolve_precision
+from .device import autocast, prepare_input, prepare_model, resolve_device, resolve_precision, to_device
 from .embed import compute_prototypes, embed_batches, iterate_images, save_prototypes, value_accuracy, Embedding
 from .localization import ROI_NORMS
 from .losses import MINING, fsn_losses
@@ -408,13 +408,13 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
         for j, (idx, images) in enumerate(batches):
             if j >= steps_per_epoch * cfg.grad_accum:
                 break
-            x = normalise(images.to(device), mcfg.mean, mcfg.std)
+            x = normalise(to_device(images, device), mcfg.mean, mcfg.std)
             if cfg.augment:
                 # seeded by the batch's global position: the same pixels whatever the world size
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + j * d.world + d.rank)
                 x = augment(x, gen)
             x = prepare_input(x, device)
-            y = labels_t[idx].to(device)
+            y = to_device(labels_t[idx], device)
             with autocast(device, dtype):
                 outp = ddp_model(x, y)
             parts = fsn_losses(outp, y, mcfg.num_values, weights, cfg.margin, cfg.mining)
@@ -425,12 +425,14 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+            # summed on the device and read every few batches: reading a loss waits for the GPU
             for k_, v in parts.items():
-                sums[k_] = sums.get(k_, 0.0) + float(v.detach())
+                sums[k_] = sums[k_] + v.detach().double() if k_ in sums else v.detach().double()
             n_batches += 1
             n_images += len(idx)
-            if progress is not None and d.main and hasattr(batches, "set_postfix"):
-                batches.set_postfix(loss=f"{sums['total'] / n_batches:.3f}")
+            if progress is not None and d.main and hasattr(batches, "set_postfix") and n_batches % 10 == 1:
+                batches.set_postfix(loss=f"{float(sums['total']) / n_batches:.3f}")
+        sums = {k_: float(v) for k_, v in sums.items()}
         dt = time.perf_counter() - t_ep
         if d.main:
             val = validate(model, val_src, val_labels, device, dtype, cfg.eval_batch_size)
