@@ -4,7 +4,8 @@
 
 What they check: the same model gives the same function on the GPU as on the CPU (fp32 with
 TF32 off; bf16 autocast within bf16 rounding), a bf16 training step on the GPU, and a run trained
-by ``fsn train`` on the GPU that loads on the CPU and embeds the same there.
+by ``fsn train`` on the GPU that loads on the CPU and embeds the same there, and connected
+components and ROI boxes computed on the GPU equal to the CPU's.
 """
 
 import pytest
@@ -109,3 +110,15 @@ def test_gpu_trained_run_loads_and_embeds_on_cpu(synth_small, tmp_path, capsys, 
         a = cpu_model.eval()(x).global_rep
         b = gpu_model.eval()(x.cuda()).global_rep
     assert _rel(b, a) < 1e-4
+
+
+def test_boxes_on_gpu_equal_cpu():
+    from fashionsearchnet.localization import boxes_from_maps, connected_components
+
+    g = torch.Generator().manual_seed(5)
+    masks = torch.rand(300, 26, 26, generator=g) < torch.rand(300, 1, 1, generator=g) * 0.7
+    assert torch.equal(connected_components(masks.cuda()).cpu(), connected_components(masks))
+    maps = torch.randn(300, 13, 13, generator=g)
+    thr = torch.rand(300, generator=g) * 0.9
+    for norm in ("minmax", "median"):
+        assert torch.equal(boxes_from_maps(maps.cuda(), thr.cuda(), 1, norm).cpu(), boxes_from_maps(maps, thr, 1, norm))

@@ -39,17 +39,24 @@ def background_normalise_maps(maps: torch.Tensor) -> torch.Tensor:
     return out.view_as(maps)
 
 
-def _run_max(lab: torch.Tensor, fg: torch.Tensor, dim: int) -> torch.Tensor:
-    """Each foreground pixel gets the maximum label of its run (maximal foreground segment) along ``dim``."""
-    lab_t, fg_t = lab.movedim(dim, -1), fg.movedim(dim, -1)  # (…, L): runs along the last axis
+def _run_slots(fg: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
+    """One slot number per run (maximal foreground segment) along ``dim`` of a (N, H, W) mask,
+    unique over the whole tensor (pixels of a run share it), and the number of slots. Computed
+    once per mask."""
+    fg_t = fg.movedim(dim, -1)
     prev = F.pad(fg_t[..., :-1], (1, 0), value=False)
-    run = torch.cumsum(fg_t & ~prev, -1)  # run number within the line (background: the last run's)
-    lines, length = lab_t.numel() // lab_t.shape[-1], lab_t.shape[-1]
-    key = run + torch.arange(lines, device=lab.device).view(lab_t.shape[:-1] + (1,)) * (length + 1)  # one slot per run
-    best = torch.zeros(lines * (length + 1), dtype=lab.dtype, device=lab.device)
-    best = best.scatter_reduce(0, key.flatten(), lab_t.flatten(), "amax")
-    out = torch.where(fg_t, best[key], lab_t)
-    return out.movedim(-1, dim)
+    run = torch.cumsum((fg_t & ~prev).to(torch.int32), -1)  # run number within the line
+    lines, length = fg_t.numel() // fg_t.shape[-1], fg_t.shape[-1]
+    line = torch.arange(lines, device=fg.device, dtype=torch.int64).view(fg_t.shape[:-1] + (1,))
+    return (run + line * (length + 1)).movedim(-1, dim), lines * (length + 1)
+
+
+def _run_max(lab: torch.Tensor, fg: torch.Tensor, runs: tuple[torch.Tensor, int]) -> torch.Tensor:
+    """Each foreground pixel gets the maximum label of its run (``runs`` from _run_slots)."""
+    slots, size = runs
+    best = torch.zeros(size, dtype=lab.dtype, device=lab.device)
+    best = best.scatter_reduce(0, slots.flatten(), lab.flatten(), "amax")
+    return torch.where(fg, best[slots], lab)
 
 
 def connected_components(mask: torch.Tensor) -> torch.Tensor:
@@ -67,9 +74,10 @@ def connected_components(mask: torch.Tensor) -> torch.Tensor:
     ids = torch.arange(1, h * w + 1, device=mask.device, dtype=torch.int64).view(1, h, w)
     lab = ids * fg
     fg4 = fg.unsqueeze(1).to(torch.float32)
+    rows, cols = _run_slots(fg, 2), _run_slots(fg, 1)
     # float32 holds integers exactly up to 2**24: enough for any map we threshold (≤ 4096×4096)
     for _ in range(h * w):
-        nxt = _run_max(_run_max(lab, fg, 2), fg, 1)
+        nxt = _run_max(_run_max(lab, fg, rows), fg, cols)
         nxt = (F.max_pool2d(nxt.unsqueeze(1).to(torch.float32), 3, 1, 1) * fg4).squeeze(1).to(torch.int64)
         flat = nxt.view(n, h * w)
         for _ in range(2):  # pointer jumping: a label is a pixel of the same component, whose label is ≥ it
