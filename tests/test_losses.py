@@ -143,3 +143,29 @@ def test_fsn_losses_attribute_triplet_is_mean_over_attributes_with_terms():
     assert float(parts["global_triplet"]) == pytest.approx(float(glob), rel=1e-5)
     total = sum(w[k] * parts[k] for k in w)
     assert float(parts["total"]) == pytest.approx(float(total), rel=1e-5)
+
+
+@pytest.mark.parametrize("mining", ["all", "batch_hard", "semi_hard"])
+def test_same_value_fast_path_equals_general_mining(mining):
+    from fashionsearchnet.losses import same_value_triplet_losses, triplet_losses
+
+    g = torch.Generator().manual_seed(6)
+    for trial in range(3):
+        emb = torch.randn(4, 12, 3, generator=g, dtype=torch.float64)
+        emb[:, 5] = emb[:, 2]  # equal distances: ties between positives and negatives
+        labels = torch.randint(-1, 3, (4, 12), generator=g)
+        labels[1] = 2  # a group with no negative
+        labels[3, :11] = -1  # a group with one known label
+        a = emb.clone().requires_grad_(True)
+        b = emb.clone().requires_grad_(True)
+        got, n = same_value_triplet_losses(a, labels, 0.4, mining)
+        want, n_want = triplet_losses(b, same_value_relevance(labels), 0.4, mining)
+        assert torch.equal(n, n_want)
+        torch.testing.assert_close(got, want)
+        (ga,) = torch.autograd.grad(got.sum(), a)
+        (gb,) = torch.autograd.grad(want.sum(), b)
+        torch.testing.assert_close(ga, gb)
+        # and against the loop over enumerated triplets, group by group
+        for i in range(4):
+            w, nw = naive(emb[i].tolist(), same_value_relevance(labels[i]).tolist(), 0.4, mining)
+            assert int(n[i]) == nw and float(got[i].detach()) == pytest.approx(w, abs=1e-6)

@@ -102,6 +102,44 @@ def triplet_losses(emb: torch.Tensor, rel: torch.Tensor, margin: float = 0.5, mi
     return loss + zero, n
 
 
+def same_value_triplet_losses(emb: torch.Tensor, labels: torch.Tensor, margin: float = 0.5, mining: str = "semi_hard") -> tuple[torch.Tensor, torch.Tensor]:
+    """``triplet_losses`` under same-value relevance, for G groups: embeddings (G, B, D), values (G, B).
+
+    The same numbers as ``triplet_losses(emb, same_value_relevance(labels), …)`` without its
+    (G, B, B, B) cells: with a yes/no relevance an anchor's negatives do not depend on the positive,
+    so batch-hard mining takes the farthest positive and the closest negative per anchor, and
+    semi-hard mining finds, for each pair, the closest negative farther than the positive by a
+    binary search in the anchor's sorted negative distances: O(G·B²·log B) work and O(G·B²) memory.
+    ``all`` falls back to the general function.
+    """
+    if mining not in MINING:
+        raise ValueError(f"unknown mining {mining!r}; valid: {', '.join(MINING)}")
+    if mining == "all":
+        return triplet_losses(emb, same_value_relevance(labels), margin, mining)
+    b = emb.shape[1]
+    d = pairwise_distances(emb)  # (G, B, B)
+    known = labels >= 0
+    both = known[..., :, None] & known[..., None, :]
+    same = labels[..., :, None] == labels[..., None, :]
+    pos = both & same & ~torch.eye(b, dtype=torch.bool, device=emb.device)  # (G, i, j)
+    neg = both & ~same  # (G, i, k)
+    zero = emb.float().sum((-1, -2)) * 0.0  # keeps every group in the graph
+    inf = d.new_full((), float("inf"))
+    if mining == "batch_hard":
+        anchors = pos.any(-1) & neg.any(-1)
+        hardest = d.masked_fill(~pos, 0.0).amax(-1) - torch.where(neg, d, inf).amin(-1).masked_fill(~anchors, 0.0)
+        loss, n = _masked_mean(F.relu(margin + hardest), anchors, 1)
+        return loss + zero, n
+    n_neg = neg.sum(-1, keepdim=True)  # (G, i, 1)
+    neg_sorted = torch.sort(torch.where(neg, d, inf), -1).values.contiguous()  # each anchor's negatives, nearest first
+    pairs = pos & (n_neg > 0)
+    first_farther = torch.searchsorted(neg_sorted, d.contiguous(), right=True)  # first negative with d_ik > d_ij
+    pick = torch.where(first_farther < n_neg, first_farther, n_neg - 1).clamp(0, b - 1)  # else the farthest
+    chosen = torch.where(pairs, neg_sorted.gather(-1, pick), d)  # pairs without a negative: masked below
+    loss, n = _masked_mean(F.relu(margin + d - chosen), pairs, 2)
+    return loss + zero, n
+
+
 def triplet_loss(emb: torch.Tensor, rel: torch.Tensor, margin: float = 0.5, mining: str = "semi_hard") -> tuple[torch.Tensor, int]:
     """Triplet ranking loss of embeddings (B, D) under relevance (B, B); returns (loss, #terms)."""
     loss, n = triplet_losses(emb[None], rel[None], margin, mining)
@@ -143,7 +181,7 @@ def fsn_losses(out, labels: torch.Tensor, num_values: tuple[int, ...], weights: 
     parts["attr_ce"] = classification_loss(out.attr_logits, labels, num_values) if weights.get("attr_ce", 0) else zero
     if weights.get("attr_triplet", 0):
         # all attributes at once; the mean is over attributes with at least one valid triplet
-        losses, n = triplet_losses(out.reps.transpose(0, 1), same_value_relevance(labels.T), margin, mining)
+        losses, n = same_value_triplet_losses(out.reps.transpose(0, 1), labels.T, margin, mining)
         parts["attr_triplet"] = _masked_mean(losses, n > 0, 1)[0] + zero
     else:
         parts["attr_triplet"] = zero
