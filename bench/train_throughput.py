@@ -90,43 +90,38 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bench_model(backbone, pretrained, device, dtype, batch, steps, warmup=2, fused=False):
+def setup(backbone, pretrained, device, dtype, batch, fused=False):
+    """A model, its optimizer, a step function and one batch on the device."""
     model = make_model(backbone, pretrained, device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4, fused=fused or None)
-    step = step_fn(model, opt, device, dtype)
     images = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, device=device)
-    y = labels_for(batch, device)
-    gen = torch.Generator().manual_seed(0)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(warmup):
-        step(images, y, gen)
+    return model, opt, step_fn(model, opt, device, dtype), images, labels_for(batch, device), torch.Generator().manual_seed(0)
+
+
+def run_steps(step, images, y, gen, n, device) -> float:
+    """Seconds for n steps, the device's queue drained before and after."""
     sync(device)
     t = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(n):
         step(images, y, gen)
     sync(device)
-    dt = time.perf_counter() - t
-    return model, opt, batch * steps / dt
+    return time.perf_counter() - t
+
+
+def bench_model(backbone, pretrained, device, dtype, batch, steps, warmup=2, fused=False):
+    model, opt, step, images, y, gen = setup(backbone, pretrained, device, dtype, batch, fused)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    run_steps(step, images, y, gen, warmup, device)
+    return model, opt, batch * steps / run_steps(step, images, y, gen, steps, device)
 
 
 def profile_steps(backbone, pretrained, device, dtype, batch, steps) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    model = make_model(backbone, pretrained, device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
-    step = step_fn(model, opt, device, dtype)
-    images = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, device=device)
-    y = labels_for(batch, device)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(2):
-        step(images, y, gen)
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(steps):
-        step(images, y, gen)
-    sync(device)
-    wall = (time.perf_counter() - t) / steps  # per step, not profiled
+    _model, _opt, step, images, y, gen = setup(backbone, pretrained, device, dtype, batch)
+    run_steps(step, images, y, gen, 2, device)
+    wall = run_steps(step, images, y, gen, steps, device) / steps  # per step, not profiled
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         for _ in range(steps):
@@ -146,7 +141,8 @@ def profile_steps(backbone, pretrained, device, dtype, batch, steps) -> None:
     ops = [e for e in events if e.key.startswith("aten::")]
     syncs = sum(e.count for e in ops if e.key in ("aten::_local_scalar_dense", "aten::nonzero", "aten::equal"))
     print(f"aten operator calls per step (nested included): {sum(e.count for e in ops) / steps:.0f}; "
-          f"host-synchronising calls (item, nonzero, equal) per step: {syncs / steps:.1f}")
+          f"calls reading a value back (item, nonzero, equal) per step: {syncs / steps:.1f} "
+          f"(those on CPU tensors, such as the optimizer's step counters, do not wait for a GPU)")
     print(events.table(sort_by=key, row_limit=25, max_name_column_width=60))
 
 
