@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from fashionsearchnet import checkpoint as ckpt  # noqa: E402
 from fashionsearchnet.catalog import read_catalog  # noqa: E402
 from fashionsearchnet.data import load_many, normalise  # noqa: E402
-from fashionsearchnet.localization import boxes_from_maps  # noqa: E402
+from fashionsearchnet.localization import ROI_NORMS, boxes_from_maps  # noqa: E402
 from fashionsearchnet.metrics import iou_hits  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--split", default="val", choices=["train", "val", "test"])
     ap.add_argument("--thresholds", default="0.3,0.5,0.6,0.7,0.8")
-    ap.add_argument("--norm", choices=["minmax", "median"], default=None, help="map scaling before the threshold (default: the model's roi_norm)")
+    ap.add_argument("--norm", choices=ROI_NORMS, default=None, help="map scaling before the threshold (default: the model's roi_norm)")
     args = ap.parse_args(argv)
     try:
         thresholds = [float(t) for t in args.thresholds.split(",")]

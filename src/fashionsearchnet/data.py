@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .device import to_device
 from .images import load_image
 
 
@@ -70,8 +71,7 @@ def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: 
 def augment(x: torch.Tensor, generator: torch.Generator, max_shift: float = 0.08, scale: tuple[float, float] = (0.9, 1.1), flip: bool = True) -> torch.Tensor:
     """Random scale, translation and horizontal flip of a float batch (B, 3, S, S), in one grid_sample."""
     b = x.shape[0]
-    r = torch.rand(b, 4, generator=generator)  # drawn on the CPU: the same numbers on any device
-    r = r.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else r
+    r = to_device(torch.rand(b, 4, generator=generator), x.device)  # drawn on the CPU: the same numbers on any device
     s = scale[0] + (scale[1] - scale[0]) * r[:, 0]
     tx, ty = (r[:, 1] * 2 - 1) * max_shift * 2, (r[:, 2] * 2 - 1) * max_shift * 2
     sx = torch.where((r[:, 3] < 0.5) & flip, -s, s)

@@ -123,7 +123,9 @@ def boxes_from_maps(maps: torch.Tensor, threshold: float | torch.Tensor = 0.2, u
     normalised (``norm``: ``minmax`` scales its range to [0, 1]; ``median`` measures height above
     its median relative to the peak, see background_normalise_maps), thresholded at ``threshold``
     (one value, or one per map as an (N,) tensor), and the box of its largest connected component
-    is returned.
+    is returned. Thresholds given on the CPU are checked to lie in [0, 1); a threshold tensor
+    already on a GPU is not (reading it back would wait for the GPU): the model's come from its
+    checked config.
     """
     if norm not in ROI_NORMS:
         raise ValueError(f"ROI normalisation must be one of {', '.join(ROI_NORMS)}, got {norm!r}")

@@ -399,7 +399,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
         stage, _, weights = plan[s_i]
         sampler.set_epoch(epoch)
         ddp_model.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, Any] = {}  # device tensors during the epoch, floats after it
         n_batches, n_images, t_ep = 0, 0, time.perf_counter()
         batches = _prefetch(sampler, train_src)
         if progress is not None and d.main:
