@@ -118,6 +118,10 @@ def test_classification_loss_matches_per_attribute_loop():
     (ga,) = torch.autograd.grad(got, logits)
     (gw,) = torch.autograd.grad(want, logits)
     torch.testing.assert_close(ga.double(), gw)
+    bad = labels.clone()
+    bad[0, 3] = 4  # attribute 3 has 4 values: 0-3
+    with pytest.raises(ValueError, match="label 4 of attribute 3 is out of range: it has 4 values"):
+        classification_loss(logits, bad, num_values)
     none = classification_loss(logits, torch.full_like(labels, -1), num_values)
     assert float(none.detach()) == 0.0 and none.requires_grad
 

@@ -159,6 +159,11 @@ def classification_loss(stacked_logits: torch.Tensor, labels: torch.Tensor, num_
     Computed for all attributes at once on logits padded to the widest attribute (no host sync).
     """
     b, a, vmax = labels.shape[0], len(num_values), max(num_values)
+    if labels.device.type == "cpu":  # (on a GPU this check would wait for it; catalogs are validated on reading)
+        too_big = labels >= torch.tensor(num_values)
+        if bool(too_big.any()):
+            col = int(too_big.any(0).nonzero()[0])
+            raise ValueError(f"label {int(labels[:, col].max())} of attribute {col} is out of range: it has {num_values[col]} values")
     pos = _padded_positions(tuple(num_values), stacked_logits.device)
     padded = stacked_logits.new_full((b, a * vmax), float("-inf"), dtype=torch.float32)
     padded = padded.index_copy(1, pos, stacked_logits.float()).view(b, a, vmax)
