@@ -51,6 +51,25 @@ def test_boxes_contain_drawn_parts(category, sleeve_length):
     assert _mask(a, bg)[outside].all()
 
 
+@pytest.mark.parametrize("color", ["blue", "yellow"])  # light and dark ink
+def test_round_neck_has_a_collar_band_inside_the_neck_area(color):
+    from fashionsearchnet.synthetic import _ink
+
+    bg = (128, 128, 128)
+    spec = Spec(category=0, color=COLORS.index(color), pattern=0, sleeve_length=0, sleeve_color=0, neckline=0,
+                angle=-7.0, background=bg, cx=0.5, cy=0.5, scale=0.9)
+    band = []
+    for neckline in range(3):
+        img, boxes = render(dataclasses.replace(spec, neckline=neckline), 128)
+        a = np.asarray(img)
+        ink = _mask(a, _ink(PALETTE[color]))
+        band.append(int(ink.sum()))
+        assert not (ink & ~_inside(ink, boxes["neck"])).any()  # the band lies in the neck area
+        if neckline == 0:
+            assert _mask(a, SKIN).sum() > 20  # the opening is still drawn inside the band
+    assert band[0] > 40 and band[1] == band[2] == 0  # only the round neck has one
+
+
 def test_no_sleeves_no_sleeve_box_and_unknown_colour():
     spec = Spec(category=0, color=0, pattern=1, sleeve_length=0, sleeve_color=3, neckline=0)
     _, boxes = render(spec, 64)

@@ -49,7 +49,8 @@ PATTERNS = ("solid", "stripes", "dots", "checks")
 SKIN = (225, 185, 150)
 # The neck region's box: where any of the three necklines lies (the union of their extents), so the
 # box neither gives the value away nor degenerates (a boat neck alone is 0.05 high: under a map cell).
-NECK_AREA = (-0.15, 0.0, 0.15, 0.24)  # x0, y0, x1, y1 in the garment frame, y from the shoulder line
+NECK_AREA = (-0.15, 0.0, 0.15, 0.24)
+ROUND_BAND = 0.10  # radius of the round neck's collar band (its outline), garment frame  # x0, y0, x1, y1 in the garment frame, y from the shoulder line
 
 
 def schema() -> Schema:
@@ -238,6 +239,12 @@ def render(spec: Spec, size: int) -> tuple[Image.Image, dict[str, list[tuple[flo
     img.paste(layer, (0, 0), mask)
     neck_px = tf(_neck(spec.neckline, top))
     draw.polygon(neck_px, fill=SKIN)
+    if spec.neckline == 0:
+        # a round neck's ribbed collar band: evidence of its own in the neck area. Without it the
+        # network recognised `round` by the absence of v-neck and boat outlines, and its activation
+        # map lit the background (README, "Localization")
+        band = [(ROUND_BAND * math.cos(t), top + ROUND_BAND * math.sin(t)) for t in np.linspace(0, math.pi, 17)]
+        draw.line(tf(band), fill=_ink(body_color), width=max(2, round(0.035 * spec.scale * size)), joint="curve")
     if spec.category == 2:  # the coat's opening
         neck_bottom = max(p[1] for p in _neck(spec.neckline, top)) - top
         draw.line(tf([(0, top + neck_bottom), (0, 0.38)]), fill=(20, 20, 20), width=max(1, round(0.012 * spec.scale * size)))
