@@ -167,3 +167,40 @@ def test_queries_towards_a_value_without_prototype_are_dropped_for_every_method(
     assert resolvable([_searcher(schema, e)], edits).tolist() == [True, True, True]
     # one model lacking the prototype drops the query for all
     assert resolvable([_searcher(schema, e), _searcher(schema, e_missing)], edits).tolist() == [False, True, False]
+
+
+def test_held_out_attribute_trains_without_it_and_is_still_evaluated(synth_small, tmp_path, capsys):
+    """hold_out=sleeve_color: the model never sees sleeve colour; evaluation still matches targets on
+    it, edits it only inside the sleeve region (through the colour branch), never globally."""
+    from conftest import TINY_TRAIN
+    from fashionsearchnet.catalog import read_catalog
+    from fashionsearchnet.checkpoint import read_meta
+    from fashionsearchnet.index.store import load_index
+
+    run = tmp_path / "run"
+    for bad, why in (("color", "region 'body' takes its ROI"), ("sleeve_length", "region 'sleeve' takes its ROI"), ("collar", "unknown attribute 'collar'")):
+        assert main(["train", "--data", str(synth_small), "--out", str(tmp_path / bad), *TINY_TRAIN, f"hold_out={bad}"]) == 2
+        assert why in capsys.readouterr().err
+        assert not (tmp_path / bad / "model.json").exists()
+    assert main(["train", "--data", str(synth_small), "--out", str(run), *TINY_TRAIN, "hold_out=sleeve_color"]) == 0
+    assert "sleeve_color" not in [a["name"] for a in read_meta(run)["schema"]["attributes"]]
+    capsys.readouterr()
+    dense = dense_copy(synth_small, tmp_path)  # four attributes blanked: test items share label vectors
+    assert main(["evaluate", "--model", str(run), "--data", str(dense), "--json", "--no-figures"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["settings"]["held_out"] == ["sleeve_color"]
+    assert "sleeve_color" not in r["attributes"]["fsn"]["per_attribute"]
+    cat = read_catalog(dense)
+    labels = cat.labels(cat.split("test"))
+    every = manipulation_queries(labels, cat.schema.num_values)
+    no_sleeve_color = [q for q in every if q.attribute != 4]
+    assert len(no_sleeve_color) < len(every)  # the catalog has sleeve-colour queries to leave out
+    assert r["protocols"]["global"]["queries"] == len(no_sleeve_color)
+    assert r["protocols"]["region"]["queries"] == len(manipulation_queries(labels, cat.schema.num_values, [4])) > 0
+    assert set(r["protocols"]["region"]["methods"]) >= {"fsn", "attribute_only", "global_feature"}
+    # an index of the catalog with that model stores the labels of the model's attributes only
+    idx = tmp_path / "idx"
+    assert main(["index", "--model", str(run), "--data", str(synth_small), "--out", str(idx)]) == 0
+    loaded = load_index(idx)
+    assert loaded.items["labels"].shape[1] == 5
+    np.testing.assert_array_equal(loaded.items["labels"][:, 4], cat.labels(cat.records)[:, 5])

@@ -128,3 +128,58 @@ def test_safe_relative_path():
     for bad in ("", "..", "a/../../b", "/abs", "C:/x.jpg", "."):
         with pytest.raises(CatalogError):
             safe_relative_path(bad)
+
+
+def _regional_schema():
+    from fashionsearchnet.synthetic import schema
+
+    return schema()  # sleeve_color describes color in the sleeve region; sleeve_length gives its ROI
+
+
+def test_schema_without_held_out_attributes():
+    from fashionsearchnet.schema import catalog_columns
+
+    full = _regional_schema()
+    sub = full.without(["sleeve_color", " "])
+    assert sub.names == ("category", "color", "pattern", "sleeve_length", "neckline")
+    assert sub.regions == full.regions and sub.region_aware == full.region_aware
+    assert sub.provenance["held_out"] == ["sleeve_color"]
+    assert sub.region_label("sleeve", "color") is None  # a sleeve colour edit now goes through the colour branch
+    assert catalog_columns(sub, full) == [0, 1, 2, 3, 5]
+    assert catalog_columns(full, full) == list(range(6))
+    assert full.without([]) is full and full.without(",".split(",")) is full
+    with pytest.raises(SchemaError, match="unknown attribute 'collar'"):
+        full.without(["collar"])
+    with pytest.raises(SchemaError, match="region 'sleeve' takes its ROI from it"):
+        full.without(["sleeve_length"])
+    with pytest.raises(SchemaError, match="region 'body' takes its ROI from it"):
+        full.without(["color", "sleeve_color"])
+    aware = Schema((Attribute("shape", ("a", "b")), Attribute("tint", ("x", "y"))), (Region("top", "shape"),), ("tint",))
+    with pytest.raises(SchemaError, match="cannot hold out 'tint': it is region-aware"):
+        aware.without(["tint"])
+    with pytest.raises(SchemaError, match="every attribute"):
+        Schema((Attribute("shape", ("a", "b")), Attribute("tint", ("x", "y")))).without(["shape", "tint"])
+    described = Schema((Attribute("shape", ("a", "b")), Attribute("tint", ("x", "y")), Attribute("top_tint", ("x", "y"), region="top", describes="tint")),
+                       (Region("top", "shape"),))
+    with pytest.raises(SchemaError, match="cannot hold out 'tint' while keeping 'top_tint', which describes it"):
+        described.without(["tint"])
+    assert described.without(["tint", "top_tint"]).names == ("shape",)
+
+
+def test_catalog_columns_refuses_another_schema():
+    import dataclasses
+
+    from fashionsearchnet.schema import catalog_columns
+
+    full = _regional_schema()
+    sub = full.without(["pattern"])
+    with pytest.raises(SchemaError, match="'pattern' is not in the catalog"):
+        catalog_columns(full, sub)
+    other = dataclasses.replace(full.attributes[5], values=("round", "v-neck", "square"))
+    with pytest.raises(SchemaError, match="values of 'neckline'"):
+        catalog_columns(Schema(full.attributes[:5] + (other,), full.regions, full.region_aware), full)
+    swapped = Schema((full.attributes[1], full.attributes[0], *full.attributes[2:]), full.regions, full.region_aware)
+    with pytest.raises(SchemaError, match="another order"):
+        catalog_columns(swapped, full)
+    with pytest.raises(SchemaError, match="regions"):
+        catalog_columns(Schema(full.attributes, full.regions[:2], full.region_aware), full)

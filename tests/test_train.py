@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -167,6 +168,11 @@ def test_per_attribute_roi_thresholds():
                      ("color=high", "not a number"), ("color=1.0", r"in \[0, 1\)")):
         with pytest.raises(ValueError, match=msg):
             TrainConfig(roi_thresholds=bad).thresholds(names)
+    # an entry for a held-out attribute is skipped (the config was written for the whole catalog) ...
+    held = TrainConfig(roi_threshold=0.4, roi_thresholds="sleeve_color=0.7,category=0.3", hold_out="sleeve_color")
+    assert held.thresholds(names[:2]) == (0.3, 0.4)
+    with pytest.raises(ValueError, match="attribute=value with an attribute of"):  # ... and only that one
+        dataclasses.replace(held, roi_thresholds="neckline=0.7").thresholds(names[:2])
     with pytest.raises(ValueError, match="entries for"):
         ModelConfig(num_values=(3, 2), roi_thresholds=(0.5,))
     cfg = ModelConfig(num_values=(3, 2, 4), backbone="alexnet", image_size=64, conv_channels=16, hidden=16, embed_dim=8, roi_thresholds=(0.2, 0.5, 0.8))

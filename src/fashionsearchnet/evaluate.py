@@ -29,7 +29,7 @@ from . import checkpoint as ckpt
 from .catalog import Catalog, read_catalog
 from .embed import Embedding, Prototypes, load_prototypes
 from .metrics import TOP_KS, ManipulationQuery, exact_match, iou_hits, manipulation_queries, ndcg, pointing_hits, relevance, topk_accuracy
-from .schema import UNKNOWN, Schema
+from .schema import UNKNOWN, Schema, SchemaError, catalog_columns
 from .search import Edit
 
 REPORT_SCHEMA_VERSION = 1
@@ -155,8 +155,12 @@ def score_ranking(ranked: np.ndarray, gallery_labels: np.ndarray, targets: np.nd
 
 
 # -- protocols ------------------------------------------------------------------------------------
-def global_queries(schema: Schema, labels: np.ndarray, max_queries: int | None, seed: int) -> list[ManipulationQuery]:
-    return manipulation_queries(labels, schema.num_values, None, max_queries, seed)
+def global_queries(schema: Schema, labels: np.ndarray, max_queries: int | None, seed: int, editable: list[int] | None = None) -> list[ManipulationQuery]:
+    """Queries changing one attribute; ``editable``: the attributes a model can change (all if None
+    or all of them: a held-out attribute has no branch to carry an edit)."""
+    if editable is not None and len(editable) == len(schema.names):
+        editable = None
+    return manipulation_queries(labels, schema.num_values, editable, max_queries, seed)
 
 
 def region_queries(schema: Schema, labels: np.ndarray, max_queries: int | None, seed: int) -> list[tuple[ManipulationQuery, str, str]]:
@@ -258,15 +262,16 @@ def evaluate(
     dev = resolve_device(device)
     cat = read_catalog(data)
     meta = ckpt.read_meta(model)
-    schema = Schema.from_dict(meta["schema"])
-    from .indexing import _schema_mismatch
-
-    if why := _schema_mismatch(schema, cat.schema):
-        raise ValueError(f"catalog {data} does not match the model's schema: {why}")
+    schema = Schema.from_dict(meta["schema"])  # the model's: the catalog's, less any held-out attributes
+    try:
+        cols = catalog_columns(schema, cat.schema)
+    except SchemaError as e:
+        raise ValueError(f"catalog {data} does not match the model's schema: {e}") from None
     records = cat.split(split)
     if len(records) < 2:
         raise ValueError(f"split {split!r} of {data} has {len(records)} items; evaluation needs a gallery")
-    labels = cat.labels(records)
+    labels = cat.labels(records)  # every catalog attribute: targets match on all of them, held-out ones included
+    model_labels = labels[:, cols]
     fsn = embed_split(Path(model), cat, records, dev, batch, progress)
     runs = {"fsn": fsn}
     if noloc_model is not None:
@@ -275,6 +280,8 @@ def evaluate(
             raise ValueError(f"--noloc-model {noloc_model} was trained with localization; train it with localization=false")
         if m2["model_config"]["backbone"] != meta["model_config"]["backbone"]:
             raise ValueError("--noloc-model must use the same backbone as --model for a fair comparison")
+        if Schema.from_dict(m2["schema"]) != schema:
+            raise ValueError("--noloc-model must be trained on the same attributes as --model (the same hold_out) for a fair comparison")
         runs["fsn_noloc"] = embed_split(Path(noloc_model), cat, records, dev, batch, progress)
 
     report: dict[str, Any] = {
@@ -284,7 +291,8 @@ def evaluate(
         "data": str(Path(data).resolve()),
         "split": split,
         "gallery": len(records),
-        "settings": {"max_queries": max_queries, "seed": seed, "extra_weight": extra_weight, "query_in_gallery": True},
+        "settings": {"max_queries": max_queries, "seed": seed, "extra_weight": extra_weight, "query_in_gallery": True,
+                     "held_out": [n for n in cat.schema.names if n not in schema.names]},
         "protocols": {},
     }
     # global protocol
@@ -297,18 +305,20 @@ def evaluate(
             keep = np.sort(np.random.default_rng(seed).choice(len(qs), max_queries, replace=False))
             qs = [qs[j] for j in keep]
     else:
-        qs = global_queries(schema, labels, max_queries, seed)
-    protocols.append(("global", qs, [[Edit(schema.names[q.attribute], schema.attributes[q.attribute].values[q.value])] for q in qs]))
-    rq = region_queries(schema, labels, max_queries, seed)
-    if any(a.describes for a in schema.attributes):  # the schema has region-specific labels
-        protocols.append(("region", [q for q, _, _ in rq], [[Edit(d, schema.attributes[q.attribute].values[q.value], r)] for q, r, d in rq]))
+        qs = global_queries(cat.schema, labels, max_queries, seed, editable=cols)
+    full = cat.schema  # queries and targets index the catalog's attributes
+    protocols.append(("global", qs, [[Edit(full.names[q.attribute], full.attributes[q.attribute].values[q.value])] for q in qs]))
+    rq = region_queries(full, labels, max_queries, seed)
+    if any(a.describes for a in full.attributes):  # the catalog has region-specific labels
+        protocols.append(("region", [q for q, _, _ in rq], [[Edit(d, full.attributes[q.attribute].values[q.value], r)] for q, r, d in rq]))
     searchers = {m: _searcher(schema, e) for m, e in runs.items()}
+    model_col = {c: j for j, c in enumerate(cols)}
     for name, qs, edits in protocols:
         keep = resolvable(list(searchers.values()), edits)
         dropped = len(qs) - int(keep.sum())
         qs = [q for q, k in zip(qs, keep) if k]
         edits = [e for e, k in zip(edits, keep) if k]
-        targets = np.asarray([q.target for q in qs], np.int64).reshape(len(qs), len(schema.names))
+        targets = np.asarray([q.target for q in qs], np.int64).reshape(len(qs), len(full.names))
         res: dict[str, Any] = {"queries": len(qs), "methods": {}}
         if dropped:
             res["dropped_no_prototype"] = dropped
@@ -326,14 +336,16 @@ def evaluate(
                 report.setdefault("_examples", {})[name] = [
                     (rows[j], str(edits[j][0]), ranked[j, :5].tolist(), exact_match(labels, ranked[j : j + 1, :5], targets[j : j + 1])[0].tolist()) for j in pick
                 ]
-        ranked = rank_attribute_only(fsn, [(q.row, {q.attribute: q.value}) for q in qs])
+        # predicted attributes can express an edit only of an attribute the model predicts: one held
+        # out (sleeve_color) leaves the query's predictions as they are
+        ranked = rank_attribute_only(fsn, [(q.row, {model_col[q.attribute]: q.value} if q.attribute in model_col else {}) for q in qs])
         res["methods"]["attribute_only"] = score_ranking(ranked, labels, targets)
         res["methods"]["global_feature"] = score_ranking(rank_global(fsn, rows), labels, targets)
         if "fsn_noloc" not in runs:
             res["methods"]["fsn_noloc"] = {"note": "not run: give --noloc-model (a model trained with localization=false)"}
         report["protocols"][name] = res
         log(f"{name} protocol: {len(qs)} queries; top-30 " + ", ".join(f"{m} {r['topk']['30']:.3f}" for m, r in res["methods"].items() if "topk" in r))
-    report["attributes"] = {m: attribute_table(schema, e, labels) for m, e in runs.items()}
+    report["attributes"] = {m: attribute_table(schema, e, model_labels) for m, e in runs.items()}
     report["localization"] = localization_table(schema, fsn, cat, records)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     report["_runs"] = runs  # in-memory only: figures use them; never serialised

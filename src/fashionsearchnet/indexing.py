@@ -21,15 +21,6 @@ from .index.backends import EF_SEARCH, NPROBE
 from .index.store import IndexError_, commit_version, current_version, load_index, load_parts, save_part, start_build
 
 
-def _schema_mismatch(a, b) -> str | None:
-    if a.names != b.names:
-        return f"attributes {list(b.names)} vs the model's {list(a.names)}"
-    for x, y in zip(a.attributes, b.attributes):
-        if x.values != y.values:
-            return f"values of {x.name!r}: {list(y.values)} vs the model's {list(x.values)}"
-    return None
-
-
 def build_index(
     model_dir: str | Path,
     catalog_dir: str | Path,
@@ -73,12 +64,14 @@ def build_index(
     _, proto_fp = load_prototypes(protos_file)
     if proto_fp != fp:
         raise IndexError_(f"{protos_file} was computed with model {proto_fp}, not {fp}; retrain or recompute prototypes")
-    from .schema import Schema
+    from .schema import Schema, SchemaError, catalog_columns
 
     model_schema = Schema.from_dict(meta["schema"])
     cat = read_catalog(catalog_dir)
-    if why := _schema_mismatch(model_schema, cat.schema):
-        raise IndexError_(f"catalog {catalog_dir} does not match the model's schema: {why}")
+    try:
+        cols = catalog_columns(model_schema, cat.schema)
+    except SchemaError as e:
+        raise IndexError_(f"catalog {catalog_dir} does not match the model's schema: {e}") from None
     records = cat.split(split)
     base = None
     if add:
@@ -131,7 +124,7 @@ def build_index(
         "images": np.asarray([str(cat.image_path(r).resolve()) for r in records]),
         "titles": np.asarray([r.title for r in records]),
         "splits": np.asarray([r.split for r in records]),
-        "labels": cat.labels(records).astype(np.int16),
+        "labels": cat.labels(records)[:, cols].astype(np.int16),
         "pred": parts["pred"].astype(np.int16),
         "conf": parts["conf"].astype(np.float32),
         "rois": parts["rois"].astype(np.float32),

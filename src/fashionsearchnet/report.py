@@ -28,8 +28,10 @@ def markdown(r: dict[str, Any], figures: list[str]) -> str:
         f"- no-localization model: `{r['noloc_model']}`" if r["noloc_model"] else "- no-localization model: not given",
         f"- data: `{r['data']}`, split `{r['split']}`: {r['gallery']} gallery items (the query items are in the gallery)",
         f"- extra weight on changed attributes: {s['extra_weight']}; query sample: {s['max_queries'] or 'all'} (seed {s['seed']}); {r['seconds']} s",
-        "",
     ]
+    if s.get("held_out"):
+        lines.append(f"- held out (never seen in training; targets still match on them, no query changes them globally): {', '.join(s['held_out'])}")
+    lines.append("")
     for name, p in r["protocols"].items():
         lines += [f"## {name.capitalize()} manipulation: top-k accuracy (%) and NDCG@30", ""]
         if p.get("dropped_no_prototype"):

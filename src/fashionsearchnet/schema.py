@@ -110,6 +110,29 @@ class Schema:
                 return a.name
         return None
 
+    def without(self, names: Iterable[str]) -> "Schema":
+        """This schema less the attributes ``names`` (held out: a model trained on it never sees their
+        labels, while a catalog keeps them for evaluation). Refuses to drop what the rest depends on."""
+        drop = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+        for n in drop:
+            self.attribute(n)  # unknown names fail here, listing the valid ones
+        gone = set(drop)
+        for r in self.regions:
+            if r.roi_attribute in gone:
+                raise SchemaError(f"cannot hold out {r.roi_attribute!r}: region {r.name!r} takes its ROI from it")
+        for n in self.region_aware:
+            if n in gone:
+                raise SchemaError(f"cannot hold out {n!r}: it is region-aware (its branch is applied inside every region)")
+        for a in self.attributes:
+            if a.describes in gone and a.name not in gone:
+                raise SchemaError(f"cannot hold out {a.describes!r} while keeping {a.name!r}, which describes it")
+        if len(gone) == len(self.attributes):
+            raise SchemaError("cannot hold out every attribute")
+        if not gone:
+            return self
+        prov = dict(self.provenance) | {"held_out": [*self.provenance.get("held_out", []), *drop]}
+        return Schema(tuple(a for a in self.attributes if a.name not in gone), self.regions, self.region_aware, prov)
+
     # -- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         attrs = []
@@ -201,3 +224,23 @@ def _validate(s: Schema) -> None:
                 raise SchemaError(f"attribute {a.name!r} describes {a.describes!r} but names no known region")
             if s.attribute(a.describes).values != a.values:
                 raise SchemaError(f"attribute {a.name!r} must share the vocabulary of {a.describes!r}")
+
+
+def catalog_columns(model: Schema, catalog: Schema) -> list[int]:
+    """The catalog's label column of each model attribute, in the model's order.
+
+    A model's schema is its catalog's, possibly with attributes held out (``Schema.without``): the
+    same names in the same order, each with the same values. Anything else raises ``SchemaError``."""
+    cols: list[int] = []
+    for a in model.attributes:
+        if a.name not in catalog.names:
+            raise SchemaError(f"the model's attribute {a.name!r} is not in the catalog (attributes {', '.join(catalog.names)})")
+        c = catalog.attribute_index(a.name)
+        if catalog.attributes[c].values != a.values:
+            raise SchemaError(f"values of {a.name!r}: {list(catalog.attributes[c].values)} vs the model's {list(a.values)}")
+        if cols and c < cols[-1]:
+            raise SchemaError(f"attribute {a.name!r} comes in another order in the catalog ({', '.join(catalog.names)})")
+        cols.append(c)
+    if model.region_names != catalog.region_names:
+        raise SchemaError(f"regions {list(catalog.region_names)} vs the model's {list(model.region_names)}")
+    return cols

@@ -38,6 +38,7 @@ from .localization import ROI_NORMS
 from .losses import MINING, fsn_losses
 from .model import FashionSearchNet, ModelConfig
 from .sampler import PKBatchSampler
+from .schema import catalog_columns
 
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
@@ -59,6 +60,7 @@ class TrainConfig:
     roi_thresholds: str = ""  # per attribute, e.g. "sleeve_color=0.7,category=0.4"; the rest use roi_threshold
     roi_upsample: int = 2
     roi_norm: str = "minmax"  # minmax | median (see ModelConfig)
+    hold_out: str = ""  # attributes (comma-separated) the model never sees, kept in the catalog for evaluation
     localization: bool = True
     freeze_bn: bool = True
     frozen_stages: int = 0
@@ -133,8 +135,11 @@ class TrainConfig:
         if not self.roi_thresholds.strip():
             return ()
         out = {n: self.roi_threshold for n in names}
+        held = {n.strip() for n in self.hold_out.split(",")} - {""}
         for item in self.roi_thresholds.split(","):
             name, sep, raw = item.strip().partition("=")
+            if sep and name.strip() in held - set(names):  # a config written for the whole catalog
+                continue
             if not sep or name.strip() not in out:
                 raise ValueError(f"roi_thresholds entry {item.strip()!r}: expected attribute=value with an attribute of {', '.join(names)}")
             try:
@@ -322,7 +327,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     device = resolve_device(cfg.device if d.world == 1 or cfg.device != "auto" else "auto")
     dtype = resolve_precision(cfg.precision, device)
     cat = read_catalog(data)
-    schema = cat.schema
+    schema = cat.schema.without(cfg.hold_out.split(","))
+    cols = catalog_columns(schema, cat.schema)
     train_recs, val_recs = cat.split("train"), cat.split("val")
     if len(train_recs) < 2:
         raise ValueError(f"{data}: the train split has {len(train_recs)} items; training needs at least 2")
@@ -351,7 +357,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     opt = _optimizer(model, cfg)
     plan = cfg.stages()
     total_epochs = sum(e for _, e, _ in plan)
-    train_labels = cat.labels(train_recs)
+    train_labels = cat.labels(train_recs)[:, cols]
     sampler = PKBatchSampler(train_labels, cfg.p, cfg.k, cfg.seed, cfg.batches_per_epoch or None, d.rank, d.world)
     if len(sampler) < cfg.grad_accum:
         raise ValueError(f"grad_accum={cfg.grad_accum} exceeds the {len(sampler)} batches per epoch")
@@ -383,7 +389,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     t0 = time.perf_counter()
     train_src = ImageSource([cat.image_path(r) for r in train_recs], size, cache, workers, progress if d.main else None)
     val_src = ImageSource([cat.image_path(r) for r in val_recs], size, cache, workers)
-    val_labels = cat.labels(val_recs)
+    val_labels = cat.labels(val_recs)[:, cols]
     if d.main:
         where = "memory" if cache else "disk (decoded per batch)"
         log(f"data: {len(train_recs)} train / {len(val_recs)} val images at {size} px from {where} ({time.perf_counter() - t0:.1f} s); "
@@ -460,7 +466,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
 
     summary: dict[str, Any] = {}
     if d.main:
-        summary = finish_run(out, cat, train_recs, train_src, device, dtype, cfg.eval_batch_size, progress)
+        summary = finish_run(out, cat.labels(train_recs)[:, cols], train_src, device, dtype, cfg.eval_batch_size, progress)
         summary["train_seconds"] = round(time.perf_counter() - t0, 1)
         ckpt.write_json(out / "summary.json", summary)
         log(f"best epoch {summary['best_epoch']} (val attr {summary['val_attr_mean']:.4f}); prototypes from {summary['prototype_items']} train items -> {out}")
@@ -478,14 +484,14 @@ def _write_metrics(out: Path, history: list[dict]) -> None:
     atomic_write_text(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
 
 
-def finish_run(out: Path, cat, train_recs, train_src: ImageSource, device, dtype, batch: int, progress=None) -> dict[str, Any]:
+def finish_run(out: Path, train_labels: np.ndarray, train_src: ImageSource, device, dtype, batch: int, progress=None) -> dict[str, Any]:
     """Prototypes of the selected model over the training split, stored beside it."""
     model, schema = ckpt.load_model(out, device)
     meta = ckpt.read_meta(out)
     emb = Embedding.concat(list(embed_batches(model, iterate_images(train_src, batch), device, dtype, progress, math.ceil(len(train_src) / batch))))
-    protos = compute_prototypes(emb, cat.labels(train_recs), schema)
+    protos = compute_prototypes(emb, train_labels, schema)
     save_prototypes(out / ckpt.PROTOTYPES_FILE, protos, ckpt.fingerprint(out))
-    return {"best_epoch": meta.get("epoch"), "val_attr_mean": meta.get("val_attr_mean"), "prototype_items": len(train_recs), "model": ckpt.fingerprint(out)}
+    return {"best_epoch": meta.get("epoch"), "val_attr_mean": meta.get("val_attr_mean"), "prototype_items": len(train_labels), "model": ckpt.fingerprint(out)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
