@@ -119,6 +119,68 @@ def test_stages_shapes_and_invariants():
         torch.testing.assert_close(regions[:, 0], alt[:, 0])
 
 
+@pytest.mark.parametrize("pooling", ["gap", "lse", "max", "lse-contrast"])
+def test_map_pooling_against_a_loop_over_maps(pooling):
+    """Each value's logit from its class-score map (CAM + bias), one map at a time. With lse-contrast
+    the logit is the map's log-sum-exp above its own mean, plus the bias: a flat map scores its bias."""
+
+    m = tiny_model(aam_pooling=pooling, lse_r=3.0)
+    with torch.no_grad():
+        m.gap_classifier.bias.copy_(torch.linspace(-1, 1, 9))
+        conv7, got = m.forward_maps(m.forward_features(torch.randn(2, 3, 96, 96)))
+        for b in range(2):
+            for v in range(9):
+                cam = torch.einsum("k,khw->hw", m.gap_classifier.weight[v], conv7[b]).flatten()
+                bias = m.gap_classifier.bias[v]
+                s = cam + bias
+                want = {"gap": s.mean(), "max": s.max(), "lse": torch.log(torch.exp(3.0 * s).mean()) / 3.0,
+                        "lse-contrast": torch.log(torch.exp(3.0 * cam).mean()) / 3.0 - cam.mean() + bias}[pooling]
+                torch.testing.assert_close(got[b, v], want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="aam_pooling must be one of gap, lse, max, lse-contrast"):
+        tiny_model(aam_pooling="mean")
+
+
+def test_pool_from_maps_pools_the_conv6_input():
+    from torchvision.ops import roi_align
+
+    m = tiny_model(backbone="mobilenet_v2", map_stage=3, pool_from="maps")
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        feats = m.forward_features(x)
+        assert feats.maps_in.shape[-1] > feats.conv5.shape[-1]  # a finer stage than the last one
+        rois = torch.tensor([[[0.0, 0.0, 5.0, 7.0], [2.0, 1.0, 9.0, 4.0], [0.0, 0.0, 12.0, 12.0]]] * 2)
+        got = m._pool(feats, rois)
+        for b in range(2):
+            for r in range(3):
+                box = torch.cat([torch.zeros(1), rois[b, r]])[None]
+                want = roi_align(feats.maps_in[b : b + 1], box, (3, 3), 1.0, 0, True).flatten()
+                torch.testing.assert_close(got[r, b], want)
+        reps, _ = m.forward_attributes(feats, rois)
+        assert reps.shape == (2, 3, 8)
+    with pytest.raises(ValueError, match="pool_from must be conv5 or maps"):
+        tiny_model(pool_from="conv4")
+
+
+def test_whole_map_pooling_counts_every_cell():
+    """Adaptive sampling (roi_sampling=0): pooling the whole map into 3×3 bins is the mean of each
+    bin's cells; the 2×2 samples per bin of older checkpoints skip most cells of a large map."""
+    from fashionsearchnet.localization import whole_map_boxes
+    from fashionsearchnet.model import Features
+
+    x = torch.randn(2, 4, 15, 15)
+    feats = Features(x, x)
+    boxes = whole_map_boxes(2, 15, 15, x.device).view(2, 1, 4)
+    dense, sparse = tiny_model(), tiny_model(roi_sampling=2)
+    want = torch.nn.functional.adaptive_avg_pool2d(x, 3).flatten(1)
+    torch.testing.assert_close(dense._pool(feats, boxes)[0], want)
+    assert not torch.allclose(sparse._pool(feats, boxes)[0], want, atol=1e-3)
+    with pytest.raises(ValueError, match="roi_sampling"):
+        tiny_model(roi_sampling=-1)
+    old = dense.cfg.to_dict()
+    old.pop("roi_sampling")
+    assert ModelConfig.from_dict(old).roi_sampling == 2  # a checkpoint from before the option
+
+
 def test_global_inner_product_is_weighted_cosines():
     m = tiny_model()
     with torch.no_grad():

@@ -33,6 +33,9 @@ from .backbones import backbone_info, build_backbone, fold_batchnorm, freeze_sta
 from .localization import ROI_NORMS, boxes_from_maps, whole_map_boxes
 
 
+AAM_POOLINGS = ("gap", "lse", "max", "lse-contrast")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """What the model *is*; stored in every checkpoint."""
@@ -53,9 +56,19 @@ class ModelConfig:
     frozen_stages: int = 0  # leading backbone stages kept as loaded (no gradient, no backward cost)
     region_pairs: tuple[tuple[int, int], ...] = ()  # (ROI attribute, branch attribute) per region rep
     map_stage: int = -1  # backbone stage feeding conv6 (−1: the last, as in the paper); earlier = finer, more local maps
-    aam_pooling: str = "gap"  # how class-score maps become logits: gap (the paper), lse (log-sum-exp), max
+    # how class-score maps become logits: gap (the paper), lse (log-sum-exp), max, or lse-contrast
+    # (log-sum-exp minus the map's own mean, plus the class bias: a value scores by its peak above its
+    # map's average, so it cannot win with a plateau, e.g. by the absence of the other values' evidence)
+    aam_pooling: str = "gap"
     lse_r: float = 5.0  # sharpness of lse pooling
     map_padding: str = "zeros"  # conv6/conv7 padding; "replicate" gives border cells no artificial response
+    # which features the ROIs pool: conv5 (the backbone's last stage, as in the paper) or maps (the
+    # input of conv6, i.e. stage map_stage: finer and more local, so a region's content dominates)
+    pool_from: str = "conv5"
+    # roi_align sampling points per bin side: 0 = adaptive (ceil(bin size), so every cell of a large
+    # ROI counts: the whole-map pooling of the no-localization ablation included); checkpoints
+    # written before this option used 2
+    roi_sampling: int = 0
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -64,10 +77,14 @@ class ModelConfig:
             raise ValueError("every attribute needs at least 2 values")
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32, got {self.image_size}")
-        if self.aam_pooling not in ("gap", "lse", "max"):
-            raise ValueError(f"aam_pooling must be gap, lse or max, got {self.aam_pooling!r}")
+        if self.aam_pooling not in AAM_POOLINGS:
+            raise ValueError(f"aam_pooling must be one of {', '.join(AAM_POOLINGS)}, got {self.aam_pooling!r}")
         if self.roi_norm not in ROI_NORMS:
             raise ValueError(f"roi_norm must be one of {', '.join(ROI_NORMS)}, got {self.roi_norm!r}")
+        if self.roi_sampling < 0:
+            raise ValueError(f"roi_sampling must be 0 (adaptive) or positive, got {self.roi_sampling}")
+        if self.pool_from not in ("conv5", "maps"):
+            raise ValueError(f"pool_from must be conv5 or maps, got {self.pool_from!r}")
         if self.roi_thresholds and len(self.roi_thresholds) != len(self.num_values):
             raise ValueError(f"roi_thresholds has {len(self.roi_thresholds)} entries for {len(self.num_values)} attributes")
         if not all(0.0 <= t < 1.0 for t in (self.roi_threshold, *self.roi_thresholds)):
@@ -93,6 +110,7 @@ class ModelConfig:
         d["region_pairs"] = tuple(tuple(p) for p in d.get("region_pairs", ()))
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         d["roi_thresholds"] = tuple(float(t) for t in d.get("roi_thresholds", ()))
+        d.setdefault("roi_sampling", 2)  # what checkpoints written before the option used
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -157,7 +175,8 @@ class FashionSearchNet(nn.Module):
         self.conv7 = nn.Conv2d(k, k, 3, padding=1, padding_mode=cfg.map_padding)
         v_total = sum(cfg.num_values)
         self.gap_classifier = nn.Linear(k, v_total)  # one classifier per attribute, stacked
-        self.branches = BranchStack(cfg.num_attributes, c * cfg.roi_size**2, cfg.hidden, cfg.embed_dim)
+        c_pool = c_map if cfg.pool_from == "maps" else c
+        self.branches = BranchStack(cfg.num_attributes, c_pool * cfg.roi_size**2, cfg.hidden, cfg.embed_dim)
         self.attr_classifier = nn.Parameter(torch.empty(cfg.num_attributes, cfg.embed_dim, max(cfg.num_values)))
         nn.init.normal_(self.attr_classifier, std=1.0 / math.sqrt(cfg.embed_dim))
         self.attr_bias = nn.Parameter(torch.zeros(cfg.num_attributes, 1, max(cfg.num_values)))
@@ -185,7 +204,10 @@ class FashionSearchNet(nn.Module):
         if self.cfg.aam_pooling == "max":
             return conv7, scores.amax(2)
         r = self.cfg.lse_r
-        return conv7, (torch.logsumexp(r * scores.float(), 2) - math.log(scores.shape[2])) / r
+        lse = (torch.logsumexp(r * scores.float(), 2) - math.log(scores.shape[2])) / r
+        if self.cfg.aam_pooling == "lse-contrast":  # the bias cancels in lse − mean: add it back
+            return conv7, lse - scores.float().mean(2) + self.gap_classifier.bias.float()
+        return conv7, lse
 
     def activation_maps(self, conv7: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """AAM of attribute a for value values[b, a]: Σ_k W_a[v, k] · conv7_k (class activation map)."""
@@ -211,7 +233,7 @@ class FashionSearchNet(nn.Module):
     def _pool(self, feats: Features, rois: torch.Tensor) -> torch.Tensor:
         """ROI-align conv5 features in (B, R, 4) map-grid boxes -> (R, B, C·s·s)."""
         mh, mw = feats.maps_in.shape[-2:]
-        feats = feats.conv5
+        feats = feats.maps_in if self.cfg.pool_from == "maps" else feats.conv5
         h, w = feats.shape[-2:]
         if (mh, mw) != (h, w):
             rois = torch.stack([rois[..., 0] * (w / mw), rois[..., 1] * (h / mh), rois[..., 2] * (w / mw), rois[..., 3] * (h / mh)], -1)
@@ -219,7 +241,7 @@ class FashionSearchNet(nn.Module):
         batch_idx = torch.arange(b, device=feats.device, dtype=rois.dtype).repeat_interleave(r)
         boxes = torch.cat([batch_idx[:, None], rois.reshape(b * r, 4).to(rois.dtype)], 1)
         s = self.cfg.roi_size
-        pooled = roi_align(feats, boxes.to(feats.dtype), (s, s), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        pooled = roi_align(feats, boxes.to(feats.dtype), (s, s), spatial_scale=1.0, sampling_ratio=self.cfg.roi_sampling, aligned=True)
         return pooled.reshape(b, r, -1).transpose(0, 1)
 
     def forward_attributes(self, feats: Features, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -68,6 +68,8 @@ class TrainConfig:
     aam_pooling: str = "gap"
     lse_r: float = 5.0
     map_padding: str = "zeros"
+    pool_from: str = "conv5"  # conv5 | maps (see ModelConfig)
+    roi_sampling: int = 0  # roi_align points per bin side, 0 = adaptive (see ModelConfig)
     # schedule
     mode: str = "staged"  # staged | joint
     epochs_localization: int = 3
@@ -162,7 +164,7 @@ class TrainConfig:
             roi_size=self.roi_size, hidden=self.hidden, embed_dim=self.embed_dim, roi_threshold=self.roi_threshold,
             roi_thresholds=self.thresholds(names),
             roi_upsample=self.roi_upsample, roi_norm=self.roi_norm, localization=self.localization, freeze_bn=self.freeze_bn, frozen_stages=self.frozen_stages,
-            map_stage=self.map_stage, aam_pooling=self.aam_pooling, lse_r=self.lse_r, map_padding=self.map_padding,
+            map_stage=self.map_stage, aam_pooling=self.aam_pooling, lse_r=self.lse_r, map_padding=self.map_padding, pool_from=self.pool_from, roi_sampling=self.roi_sampling,
             region_pairs=region_pairs, mean=info.mean, std=info.std,
         )
 
