@@ -161,6 +161,25 @@ def test_pool_from_maps_pools_the_conv6_input():
         tiny_model(pool_from="conv4")
 
 
+def test_pool_from_maps_trains_every_trainable_parameter():
+    """The stages after the maps stage feed no loss: they are frozen and not run in training, so
+    every parameter that trains gets a gradient (DistributedDataParallel requires it)."""
+    from fashionsearchnet.losses import fsn_losses
+
+    m = tiny_model(backbone="mobilenet_v2", map_stage=3, pool_from="maps").train()
+    x = torch.randn(4, 3, 96, 96)
+    labels = torch.tensor([[0, 1, 2], [1, 0, 3], [2, 1, 0], [0, 0, -1]])
+    out = m(x, labels)
+    w = {"aam": 1.0, "attr_ce": 1.0, "attr_triplet": 1.0, "global_triplet": 1.0}
+    fsn_losses(out, labels, m.cfg.num_values, w, 0.5, "semi_hard")["total"].backward()
+    trainable = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert any(n.startswith("backbone.") for n in trainable)  # stages up to the maps stage still train
+    assert [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None] == []
+    with torch.no_grad():
+        feats = m.eval().forward_features(x)
+    assert feats.conv5.shape[1] == 320 and feats.maps_in.shape[1] == 24  # at embedding time the last stage runs
+
+
 def test_whole_map_pooling_counts_every_cell():
     """Adaptive sampling (roi_sampling=0): pooling the whole map into 3×3 bins is the mean of each
     bin's cells; the 2×2 samples per bin of older checkpoints skip most cells of a large map."""

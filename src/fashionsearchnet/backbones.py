@@ -258,10 +258,20 @@ def freeze_stages(module: nn.Module, n: int) -> None:
             p.requires_grad_(False)
 
 
-def run_backbone(module: nn.Module, x: torch.Tensor, n_frozen: int, tap: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+def freeze_after(module: nn.Module, tap: int) -> None:
+    """Stop training the stages after ``tap`` (a model that never uses their output in a loss: a
+    parameter without gradient would also stall DistributedDataParallel)."""
+    for stage in backbone_stages(module)[tap + 1 :]:
+        if isinstance(stage, nn.Module):
+            for p in stage.parameters():
+                p.requires_grad_(False)
+
+
+def run_backbone(module: nn.Module, x: torch.Tensor, n_frozen: int, tap: int = -1, stop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward pass -> (last output, output of stage ``tap``; −1 = the last).
 
-    The first ``n_frozen`` stages run without building a graph (no backward cost).
+    The first ``n_frozen`` stages run without building a graph (no backward cost). ``stop``: end at
+    ``tap`` (the stages after it are not run; its output is returned twice).
     """
     stages = backbone_stages(module)
     tap = len(stages) - 1 if tap < 0 else tap
@@ -274,6 +284,8 @@ def run_backbone(module: nn.Module, x: torch.Tensor, n_frozen: int, tap: int = -
             x = stage(x)
         if i == tap:
             tapped = x
+            if stop:
+                break
     return x, tapped
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
-from .backbones import backbone_info, build_backbone, fold_batchnorm, freeze_stages, run_backbone
+from .backbones import backbone_info, build_backbone, fold_batchnorm, freeze_after, freeze_stages, run_backbone
 from .localization import ROI_NORMS, boxes_from_maps, whole_map_boxes
 
 
@@ -166,6 +166,8 @@ class FashionSearchNet(nn.Module):
         if cfg.freeze_bn:
             fold_batchnorm(self.backbone)
         freeze_stages(self.backbone, cfg.frozen_stages)
+        if cfg.pool_from == "maps" and cfg.map_stage >= 0:
+            freeze_after(self.backbone, cfg.map_stage)  # their output only feeds the global-feature baseline
         c, k = info.channels, cfg.conv_channels
         c_map = c
         if cfg.map_stage >= 0:
@@ -193,7 +195,10 @@ class FashionSearchNet(nn.Module):
 
     # -- stages ---------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> Features:
-        conv5, tapped = run_backbone(self.backbone, x, self.cfg.frozen_stages, self.cfg.map_stage)
+        # pooling from the maps stage, training needs nothing after it (conv5 then only feeds the
+        # global-feature baseline at embedding time)
+        stop = self.training and self.cfg.pool_from == "maps"
+        conv5, tapped = run_backbone(self.backbone, x, self.cfg.frozen_stages, self.cfg.map_stage, stop)
         return Features(conv5, tapped)
 
     def forward_maps(self, feats: Features) -> tuple[torch.Tensor, torch.Tensor]:
