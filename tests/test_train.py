@@ -203,3 +203,17 @@ def test_roi_norm_is_stored_and_used():
     rois = m.forward_rois(maps)
     for a in range(2):
         assert torch.equal(rois[:, a], boxes_from_maps(maps[:, a], 0.4, cfg.roi_upsample, "median"))
+
+
+def test_bad_model_option_with_force_loses_nothing(trained, synth_small, tmp_path, capsys):
+    """A model option that fails its checks (here a threshold for an unknown attribute, a pooling
+    stage that does not exist) stops `fsn train --force` before the old run is touched."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for bad, why in (("roi_thresholds=collar=0.5", "attribute=value with an attribute of"), ("pool_from=conv4", "pool_from must be conv5 or maps")):
+        assert main(["train", "--data", str(synth_small), "--out", str(run), *TINY, bad, "--force"]) == 2
+        assert why in capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before

@@ -156,10 +156,8 @@ def score_ranking(ranked: np.ndarray, gallery_labels: np.ndarray, targets: np.nd
 
 # -- protocols ------------------------------------------------------------------------------------
 def global_queries(schema: Schema, labels: np.ndarray, max_queries: int | None, seed: int, editable: list[int] | None = None) -> list[ManipulationQuery]:
-    """Queries changing one attribute; ``editable``: the attributes a model can change (all if None
-    or all of them: a held-out attribute has no branch to carry an edit)."""
-    if editable is not None and len(editable) == len(schema.names):
-        editable = None
+    """Queries changing one attribute; ``editable``: the attributes a model can change (None: all;
+    a held-out attribute has no branch to carry an edit)."""
     return manipulation_queries(labels, schema.num_values, editable, max_queries, seed)
 
 

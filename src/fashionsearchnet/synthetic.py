@@ -49,8 +49,8 @@ PATTERNS = ("solid", "stripes", "dots", "checks")
 SKIN = (225, 185, 150)
 # The neck region's box: where any of the three necklines lies (the union of their extents), so the
 # box neither gives the value away nor degenerates (a boat neck alone is 0.05 high: under a map cell).
-NECK_AREA = (-0.15, 0.0, 0.15, 0.24)
-ROUND_BAND = 0.10  # radius of the round neck's collar band (its outline), garment frame  # x0, y0, x1, y1 in the garment frame, y from the shoulder line
+NECK_AREA = (-0.15, 0.0, 0.15, 0.24)  # x0, y0, x1, y1 in the garment frame, y from the shoulder line
+ROUND_BAND = 0.10  # radius of the round neck's collar band (its outline), garment frame
 
 
 def schema() -> Schema:

@@ -132,12 +132,16 @@ class TrainConfig:
         ]
         return [s for s in plan if s[1] > 0]
 
+    def held_out(self) -> tuple[str, ...]:
+        """The attribute names of ``hold_out``."""
+        return tuple(n.strip() for n in self.hold_out.split(",") if n.strip())
+
     def thresholds(self, names: Sequence[str]) -> tuple[float, ...]:
         """``roi_thresholds`` resolved against the attribute names: one value per attribute, or ()."""
         if not self.roi_thresholds.strip():
             return ()
         out = {n: self.roi_threshold for n in names}
-        held = {n.strip() for n in self.hold_out.split(",")} - {""}
+        held = set(self.held_out())
         for item in self.roi_thresholds.split(","):
             name, sep, raw = item.strip().partition("=")
             if sep and name.strip() in held - set(names):  # a config written for the whole catalog
@@ -329,8 +333,11 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     device = resolve_device(cfg.device if d.world == 1 or cfg.device != "auto" else "auto")
     dtype = resolve_precision(cfg.precision, device)
     cat = read_catalog(data)
-    schema = cat.schema.without(cfg.hold_out.split(","))
+    schema = cat.schema.without(cfg.held_out())
     cols = catalog_columns(schema, cat.schema)
+    # the model's configuration is checked before the run folder is touched: a bad option loses nothing
+    region_pairs = tuple((schema.attribute_index(schema.region(r).roi_attribute), schema.attribute_index(a)) for r, a in schema.region_pairs())
+    mcfg = cfg.model_config(schema.num_values, region_pairs, schema.names)
     train_recs, val_recs = cat.split("train"), cat.split("val")
     if len(train_recs) < 2:
         raise ValueError(f"{data}: the train split has {len(train_recs)} items; training needs at least 2")
@@ -351,8 +358,6 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
             ckpt.write_json(out / RUN_CONFIG_FILE, dataclasses.asdict(cfg) | {"data": str(Path(data).resolve())})
     _barrier(d)
 
-    region_pairs = tuple((schema.attribute_index(schema.region(r).roi_attribute), schema.attribute_index(a)) for r, a in schema.region_pairs())
-    mcfg = cfg.model_config(schema.num_values, region_pairs, schema.names)
     torch.manual_seed(cfg.seed)
     model = FashionSearchNet(mcfg, pretrained=cfg.pretrained)
     model = prepare_model(model, device)
@@ -468,7 +473,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
 
     summary: dict[str, Any] = {}
     if d.main:
-        summary = finish_run(out, cat.labels(train_recs)[:, cols], train_src, device, dtype, cfg.eval_batch_size, progress)
+        summary = finish_run(out, train_labels, train_src, device, dtype, cfg.eval_batch_size, progress)
         summary["train_seconds"] = round(time.perf_counter() - t0, 1)
         ckpt.write_json(out / "summary.json", summary)
         log(f"best epoch {summary['best_epoch']} (val attr {summary['val_attr_mean']:.4f}); prototypes from {summary['prototype_items']} train items -> {out}")
