@@ -44,6 +44,34 @@ def test_grid_at_least_13_at_224(name, pretrained):
     assert min(y.shape[-2:]) >= 13
 
 
+@pytest.mark.parametrize("name, stage", [("mobilenet_v2", 4), ("mobilenet_v2", 7), ("efficientnet_lite0", 4)])
+def test_removed_stride_is_the_a_trous_identity(name, stage):
+    """Without the stride at ``stage`` and with every later spatial conv dilated, the output on the
+    even cells equals the original network's output: the same function on a grid twice as fine."""
+    torch.manual_seed(0)
+    ref = build_backbone(name, pretrained=False).eval()
+    fine = build_backbone(name, pretrained=False).eval()
+    fine.load_state_dict(ref.state_dict())
+    backbones.remove_stride(fine, stage)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        want, got = ref(x), fine(x)
+    assert got.shape[-2:] == (2 * want.shape[-2], 2 * want.shape[-1])
+    torch.testing.assert_close(got[..., ::2, ::2], want, atol=1e-4, rtol=1e-4)
+
+
+def test_removed_stride_refuses_a_stage_without_one():
+    with pytest.raises(ValueError, match="no stride-2 convolution"):
+        backbones.remove_stride(build_backbone("mobilenet_v2"), 3)
+    with pytest.raises(ValueError, match="stages 0..17"):
+        backbones.remove_stride(build_backbone("mobilenet_v2"), 18)
+    with pytest.raises(ValueError, match="no stride-2 convolution"):
+        backbones.remove_stride(build_backbone("alexnet"), 3)
+    m = tiny_model(backbone="mobilenet_v2", map_stage=6, dilate_from=4)
+    with torch.no_grad():
+        assert m.forward_features(torch.zeros(1, 3, 64, 64)).maps_in.shape[-2:] == (16, 16)  # 8×8 without
+
+
 def test_alexnet_from_user_file(tmp_path):
     from torchvision.models import alexnet
 

@@ -267,6 +267,35 @@ def freeze_after(module: nn.Module, tap: int) -> None:
                 p.requires_grad_(False)
 
 
+def remove_stride(module: nn.Module, stage: int) -> None:
+    """Halve the backbone's output stride from ``stage`` on: the first stride-2 convolution of that
+    stage runs at stride 1 and every later convolution with a spatial kernel dilates twice as far
+    (with matching padding), so the pretrained weights see the same neighbourhoods on a grid twice
+    as fine (the DeepLab recipe). Raises if the stage has no stride-2 convolution (AlexNet's strides
+    are in its pooling layers).
+    """
+    stages = backbone_stages(module)
+    if not 0 <= stage < len(stages):
+        raise ValueError(f"dilate_from={stage}: the backbone has stages 0..{len(stages) - 1}")
+    strided = next((m for m in stages[stage].modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)), None) if isinstance(stages[stage], nn.Module) else None
+    if strided is None:
+        raise ValueError(f"dilate_from={stage}: stage {stage} of this backbone has no stride-2 convolution to remove")
+    seen = False
+    for st in stages[stage:]:
+        if not isinstance(st, nn.Module):
+            continue
+        for m in st.modules():
+            if not isinstance(m, nn.Conv2d):
+                continue
+            if m is strided:
+                m.stride, seen = (1, 1), True
+                continue
+            if seen and m.kernel_size[0] > 1:
+                d = (m.dilation[0] * 2, m.dilation[1] * 2)
+                m.dilation = d
+                m.padding = (d[0] * (m.kernel_size[0] - 1) // 2, d[1] * (m.kernel_size[1] - 1) // 2)
+
+
 def run_backbone(module: nn.Module, x: torch.Tensor, n_frozen: int, tap: int = -1, stop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward pass -> (last output, output of stage ``tap``; −1 = the last).
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
-from .backbones import backbone_info, build_backbone, fold_batchnorm, freeze_after, freeze_stages, run_backbone
+from .backbones import backbone_info, build_backbone, fold_batchnorm, freeze_after, freeze_stages, remove_stride, run_backbone
 from .localization import ROI_NORMS, boxes_from_maps, whole_map_boxes
 
 
@@ -56,6 +56,9 @@ class ModelConfig:
     frozen_stages: int = 0  # leading backbone stages kept as loaded (no gradient, no backward cost)
     region_pairs: tuple[tuple[int, int], ...] = ()  # (ROI attribute, branch attribute) per region rep
     map_stage: int = -1  # backbone stage feeding conv6 (−1: the last, as in the paper); earlier = finer, more local maps
+    # backbone stage whose stride-2 convolution runs at stride 1, later ones dilated (−1: none): a
+    # map grid twice as fine (32×32 instead of 16×16 at 128 px from MobileNetV2's stage 6 with 4)
+    dilate_from: int = -1
     # how class-score maps become logits: gap (the paper), lse (log-sum-exp), max, or lse-contrast
     # (log-sum-exp minus the map's own mean, plus the class bias: a value scores by its peak above its
     # map's average, so it cannot win with a plateau, e.g. by the absence of the other values' evidence)
@@ -81,6 +84,8 @@ class ModelConfig:
             raise ValueError(f"aam_pooling must be one of {', '.join(AAM_POOLINGS)}, got {self.aam_pooling!r}")
         if self.roi_norm not in ROI_NORMS:
             raise ValueError(f"roi_norm must be one of {', '.join(ROI_NORMS)}, got {self.roi_norm!r}")
+        if self.dilate_from < -1:
+            raise ValueError(f"dilate_from must be a backbone stage or -1 (none), got {self.dilate_from}")
         if self.roi_sampling < 0:
             raise ValueError(f"roi_sampling must be 0 (adaptive) or positive, got {self.roi_sampling}")
         if self.pool_from not in ("conv5", "maps"):
@@ -163,6 +168,8 @@ class FashionSearchNet(nn.Module):
         self.cfg = cfg
         info = backbone_info(cfg.backbone)
         self.backbone = build_backbone(cfg.backbone, pretrained)
+        if cfg.dilate_from >= 0:
+            remove_stride(self.backbone, cfg.dilate_from)
         if cfg.freeze_bn:
             fold_batchnorm(self.backbone)
         freeze_stages(self.backbone, cfg.frozen_stages)

@@ -65,6 +65,7 @@ class TrainConfig:
     freeze_bn: bool = True
     frozen_stages: int = 0
     map_stage: int = -1
+    dilate_from: int = -1  # backbone stage from which the stride is removed (see ModelConfig)
     aam_pooling: str = "gap"
     lse_r: float = 5.0
     map_padding: str = "zeros"
@@ -168,7 +169,7 @@ class TrainConfig:
             roi_size=self.roi_size, hidden=self.hidden, embed_dim=self.embed_dim, roi_threshold=self.roi_threshold,
             roi_thresholds=self.thresholds(names),
             roi_upsample=self.roi_upsample, roi_norm=self.roi_norm, localization=self.localization, freeze_bn=self.freeze_bn, frozen_stages=self.frozen_stages,
-            map_stage=self.map_stage, aam_pooling=self.aam_pooling, lse_r=self.lse_r, map_padding=self.map_padding, pool_from=self.pool_from, roi_sampling=self.roi_sampling,
+            map_stage=self.map_stage, dilate_from=self.dilate_from, aam_pooling=self.aam_pooling, lse_r=self.lse_r, map_padding=self.map_padding, pool_from=self.pool_from, roi_sampling=self.roi_sampling,
             region_pairs=region_pairs, mean=info.mean, std=info.std,
         )
 
@@ -338,6 +339,10 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     # the model's configuration is checked before the run folder is touched: a bad option loses nothing
     region_pairs = tuple((schema.attribute_index(schema.region(r).roi_attribute), schema.attribute_index(a)) for r, a in schema.region_pairs())
     mcfg = cfg.model_config(schema.num_values, region_pairs, schema.names)
+    if mcfg.dilate_from >= 0:  # needs the backbone's layout: checked on an untrained copy
+        from .backbones import build_backbone, remove_stride
+
+        remove_stride(build_backbone(mcfg.backbone), mcfg.dilate_from)
     train_recs, val_recs = cat.split("train"), cat.split("val")
     if len(train_recs) < 2:
         raise ValueError(f"{data}: the train split has {len(train_recs)} items; training needs at least 2")
