@@ -207,13 +207,14 @@ def test_roi_norm_is_stored_and_used():
 
 def test_bad_model_option_with_force_loses_nothing(trained, synth_small, tmp_path, capsys):
     """A model option that fails its checks (here a threshold for an unknown attribute, a pooling
-    stage that does not exist) stops `fsn train --force` before the old run is touched."""
+    stage that does not exist, a stride to remove where there is none) stops `fsn train --force` before the old run is touched."""
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    for bad, why in (("roi_thresholds=collar=0.5", "attribute=value with an attribute of"), ("pool_from=conv4", "pool_from must be conv5 or maps")):
+    for bad, why in (("roi_thresholds=collar=0.5", "attribute=value with an attribute of"), ("pool_from=conv4", "pool_from must be conv5 or maps"),
+                     ("dilate_from=3", "no stride-2 convolution")):
         assert main(["train", "--data", str(synth_small), "--out", str(run), *TINY, bad, "--force"]) == 2
         assert why in capsys.readouterr().err
         assert {p.name: p.read_bytes() for p in run.iterdir()} == before
