@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fashionsearchnet.localization import background_normalise_maps, boxes_from_maps, box_iou, connected_components, largest_component_boxes, normalise_maps, peak_points
+from fashionsearchnet.localization import attribute_maps, background_normalise_maps, boxes_from_maps, box_iou, connected_components, largest_component_boxes, normalise_maps, peak_points
 
 
 def naive_largest_box(mask: np.ndarray):
@@ -171,3 +171,24 @@ def test_long_winding_components_match_naive_loop():
         for v in np.unique(lb[m]):
             comp = lb == v
             assert v == np.flatnonzero(comp.ravel()).max() + 1
+
+
+def test_attribute_maps_against_a_loop():
+    torch.manual_seed(3)
+    nv = (3, 2, 4)
+    maps = torch.randn(2, sum(nv), 5, 6)
+    maps[1, 3] = 7.0  # a constant map scales to all ones
+    got = attribute_maps(maps, nv)
+    assert got.shape == (2, 3, 5, 6)
+    for n in range(2):
+        start = 0
+        for a, k in enumerate(nv):
+            want = torch.zeros(5, 6)
+            for v in range(start, start + k):
+                m = maps[n, v]
+                lo, hi = m.min(), m.max()
+                want += (m - lo) / (hi - lo) if hi > lo else torch.ones(5, 6)
+            torch.testing.assert_close(got[n, a], want / k)
+            start += k
+    with pytest.raises(ValueError, match="9 value maps for attributes with 8 values"):
+        attribute_maps(torch.zeros(1, 9, 4, 4), (4, 4))

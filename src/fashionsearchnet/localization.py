@@ -143,6 +143,19 @@ def boxes_from_maps(maps: torch.Tensor, threshold: float | torch.Tensor = 0.2, u
     return largest_component_boxes(mask) / float(upsample)
 
 
+def attribute_maps(value_maps: torch.Tensor, num_values: tuple[int, ...] | list[int]) -> torch.Tensor:
+    """Attribute-level maps: (N, V, H, W) maps of every value, stacked per attribute as in the
+    model's classifier -> (N, A, H, W), each attribute's map the mean of its values' min-max
+    normalised maps. Where a value's own map fires only on its most telling detail (the tip of a
+    V-neck, a collar band), the other values' maps fire on theirs in the same area, so their union
+    covers more of the part than any one of them.
+    """
+    if sum(num_values) != value_maps.shape[1]:
+        raise ValueError(f"{value_maps.shape[1]} value maps for attributes with {sum(num_values)} values")
+    scaled = normalise_maps(value_maps.detach().float())
+    return torch.stack([part.mean(1) for part in torch.split(scaled, list(num_values), dim=1)], 1)
+
+
 def whole_map_boxes(n: int, h: int, w: int, device=None) -> torch.Tensor:
     """(n, 4) boxes covering the whole map: the no-localization ablation."""
     boxes = torch.zeros(n, 4, device=device)
