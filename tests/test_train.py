@@ -218,3 +218,37 @@ def test_bad_model_option_with_force_loses_nothing(trained, synth_small, tmp_pat
         assert main(["train", "--data", str(synth_small), "--out", str(run), *TINY, bad, "--force"]) == 2
         assert why in capsys.readouterr().err
         assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_attribute_rois_option():
+    """``attribute_rois=NAME`` draws that attribute's ROI from its attribute-level map (the mean of
+    its values' normalised maps); the others keep their value's map; stored in the checkpoint."""
+    from fashionsearchnet.localization import attribute_maps, boxes_from_maps
+    from fashionsearchnet.train import TrainConfig
+
+    names = ("category", "neckline", "color")
+    tc = TrainConfig(attribute_rois="neckline", backbone="alexnet", image_size=64, conv_channels=16, hidden=16, embed_dim=8)
+    cfg = tc.model_config((3, 2, 4), (), names)
+    assert cfg.attribute_rois == (1,)
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    old = cfg.to_dict()
+    del old["attribute_rois"]  # checkpoints written before the option: value maps everywhere
+    assert ModelConfig.from_dict(old).attribute_rois == ()
+    with pytest.raises(ValueError, match="unknown attribute 'collar'"):
+        TrainConfig(attribute_rois="collar").model_config((3, 2, 4), (), names)
+    assert TrainConfig(attribute_rois="collar", hold_out="collar").model_config((3, 2, 4), (), names).attribute_rois == ()
+    with pytest.raises(ValueError, match="attribute_rois"):
+        ModelConfig(num_values=(3, 2), attribute_rois=(2,))
+    m = FashionSearchNet(cfg).eval()
+    torch.manual_seed(2)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        conv7, logits = m.forward_maps(m.forward_features(x))
+        values = m.predict_values(logits)
+        value_maps = m.activation_maps(conv7, values)
+        level = attribute_maps(m.all_activation_maps(conv7), cfg.num_values)
+        rois = m(x).rois
+    for a in range(3):
+        src = level[:, a] if a == 1 else value_maps[:, a]
+        assert torch.equal(rois[:, a], boxes_from_maps(src, cfg.roi_threshold, cfg.roi_upsample, cfg.roi_norm))
+    assert not torch.equal(level[:, 1], value_maps[:, 1].float())

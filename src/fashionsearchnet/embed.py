@@ -60,7 +60,7 @@ def embed_batch(model, images: torch.Tensor, device: torch.device, dtype: torch.
         feats = model.forward_features(x)
         conv7, gap_logits = model.forward_maps(feats)
         values = model.predict_values(gap_logits.float())
-        maps = model.activation_maps(conv7, values)
+        maps = model.roi_maps(conv7, values)
         rois = model.forward_rois(maps)
         reps, attr_logits = model.forward_attributes(feats, rois)
         regions = model.forward_regions(feats, rois)

@@ -14,14 +14,15 @@ from .localization import boxes_from_maps
 
 @torch.no_grad()
 def activation_overlay(model, image: Image.Image, attribute: int, size: int = 256, alpha: float = 0.45) -> bytes:
-    """PNG bytes: the image, the activation map of ``attribute`` for its predicted value, and the ROI box."""
+    """PNG bytes: the image, the activation map of ``attribute`` its ROI comes from (its predicted value's,
+    or its attribute-level map), and the ROI box."""
     from matplotlib import colormaps
 
     x = pil_to_uint8(image, model.cfg.image_size)[None]
     feats = model.forward_features(normalise(x, model.cfg.mean, model.cfg.std))
     conv7, logits = model.forward_maps(feats)
     values = model.predict_values(logits.float())
-    m = model.activation_maps(conv7, values)[0, attribute].float()
+    m = model.roi_maps(conv7, values)[0, attribute].float()
     box = boxes_from_maps(m[None], model.cfg.threshold_of(attribute), model.cfg.roi_upsample, model.cfg.roi_norm)[0]
     h, w = m.shape
     m = (m - m.min()) / (m.max() - m.min() + 1e-9)

@@ -30,7 +30,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from .backbones import backbone_info, build_backbone, fold_batchnorm, freeze_after, freeze_stages, remove_stride, run_backbone
-from .localization import ROI_NORMS, boxes_from_maps, whole_map_boxes
+from .localization import ROI_NORMS, attribute_maps, boxes_from_maps, whole_map_boxes
 
 
 AAM_POOLINGS = ("gap", "lse", "max", "lse-contrast")
@@ -51,6 +51,9 @@ class ModelConfig:
     roi_thresholds: tuple[float, ...] = ()  # per attribute, overriding roi_threshold (empty: roi_threshold for all)
     roi_upsample: int = 2  # maps are upsampled before thresholding: boxes finer than the grid
     roi_norm: str = "minmax"  # how a map is scaled before its threshold: minmax (its range) | median (height above its median, / peak)
+    # attributes whose ROI comes from their attribute-level map (the mean of their values' normalised
+    # maps, localization.attribute_maps) instead of the map of the value: () = none, as in the paper
+    attribute_rois: tuple[int, ...] = ()
     localization: bool = True  # False: the no-localization ablation (every branch pools the whole map)
     freeze_bn: bool = True  # keep the pretrained backbone's batch-norm statistics (folded into the convs)
     frozen_stages: int = 0  # leading backbone stages kept as loaded (no gradient, no backward cost)
@@ -84,6 +87,8 @@ class ModelConfig:
             raise ValueError(f"aam_pooling must be one of {', '.join(AAM_POOLINGS)}, got {self.aam_pooling!r}")
         if self.roi_norm not in ROI_NORMS:
             raise ValueError(f"roi_norm must be one of {', '.join(ROI_NORMS)}, got {self.roi_norm!r}")
+        if any(not 0 <= a < len(self.num_values) for a in self.attribute_rois) or len(set(self.attribute_rois)) != len(self.attribute_rois):
+            raise ValueError(f"attribute_rois {self.attribute_rois}: expected distinct attributes in 0..{len(self.num_values) - 1}")
         if self.dilate_from < -1:
             raise ValueError(f"dilate_from must be a backbone stage or -1 (none), got {self.dilate_from}")
         if self.roi_sampling < 0:
@@ -115,6 +120,7 @@ class ModelConfig:
         d["region_pairs"] = tuple(tuple(p) for p in d.get("region_pairs", ()))
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         d["roi_thresholds"] = tuple(float(t) for t in d.get("roi_thresholds", ()))
+        d["attribute_rois"] = tuple(int(a) for a in d.get("attribute_rois", ()))
         d.setdefault("roi_sampling", 2)  # what checkpoints written before the option used
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
@@ -231,6 +237,17 @@ class FashionSearchNet(nn.Module):
         """Maps for every value of every attribute: (B, V, H, W)."""
         return torch.einsum("vk,bkhw->bvhw", self.gap_classifier.weight.to(conv7.dtype), conv7)
 
+    def roi_maps(self, conv7: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The maps the ROIs are drawn from (B, A, H, W): each attribute's map of ``values``, or its
+        attribute-level map for the attributes in ``cfg.attribute_rois``."""
+        maps = self.activation_maps(conv7, values)
+        if not self.cfg.attribute_rois:
+            return maps
+        with torch.no_grad():
+            idx = torch.tensor(self.cfg.attribute_rois, device=conv7.device)
+            level = attribute_maps(self.all_activation_maps(conv7.detach()), self.cfg.num_values).index_select(1, idx)
+        return maps.detach().float().index_copy(1, idx, level)
+
     def forward_rois(self, maps: torch.Tensor) -> torch.Tensor:
         b, a, h, w = maps.shape
         if not self.cfg.localization:
@@ -297,7 +314,7 @@ class FashionSearchNet(nn.Module):
         values = self.predict_values(gap_logits.detach())
         if labels is not None:
             values = torch.where(labels >= 0, labels, values)
-        rois = self.forward_rois(self.activation_maps(conv7, values))
+        rois = self.forward_rois(self.roi_maps(conv7, values))
         reps, attr_logits = self.forward_attributes(feats, rois)
         return FSNOutput(gap_logits, rois, reps, attr_logits, self.global_representation(reps), tuple(conv7.shape[-2:]))
 

@@ -152,7 +152,7 @@ def gallery(report: dict[str, Any], path: Path, model_path: Path, thumb: int = 1
         with torch.no_grad():
             x = normalise(img[None], model.cfg.mean, model.cfg.std)
             conv7, gap = model.forward_maps(model.forward_features(x))
-            m = model.activation_maps(conv7, model.predict_values(gap))[0, a]
+            m = model.roi_maps(conv7, model.predict_values(gap))[0, a]
         m = (m - m.min()) / (m.max() - m.min() + 1e-9)
         heat = (jet(m.numpy())[..., :3] * 255).astype(np.uint8)
         heat = Image.fromarray(heat).resize((thumb, thumb), Image.BILINEAR)
