@@ -55,7 +55,7 @@ def test_config_loading_and_errors(tmp_path):
     assert load_config(None, ["pretrained=/x/alexnet.pth"]).pretrained == "/x/alexnet.pth"
     with pytest.raises(ValueError, match="unknown config keys: epoch; valid keys: backbone"):
         load_config(None, ["epoch=3"])
-    with pytest.raises(ValueError, match="p expects a int"):
+    with pytest.raises(ValueError, match="p expects an integer"):
         load_config(None, ["p=two"])
     with pytest.raises(ValueError, match="mining must be one of"):
         load_config(None, ["mining=hardest"])

@@ -215,7 +215,8 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
         if isinstance(default, float):
             return float(raw)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} expects a {type(default).__name__}, got {raw!r}") from None
+        kind = {int: "an integer", float: "a number"}.get(type(default), f"a {type(default).__name__}")
+        raise ValueError(f"{name} expects {kind}, got {raw!r}") from None
     return str(raw)
 
 
