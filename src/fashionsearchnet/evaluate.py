@@ -294,6 +294,7 @@ def evaluate(
         "protocols": {},
     }
     # global protocol
+    full = cat.schema  # queries and targets index the catalog's attributes
     protocols: list[tuple[str, list, list]] = []
     fixed = (cat.root / "adde" / "ref_test.txt").is_file() and split == "test"
     if fixed:
@@ -303,8 +304,7 @@ def evaluate(
             keep = np.sort(np.random.default_rng(seed).choice(len(qs), max_queries, replace=False))
             qs = [qs[j] for j in keep]
     else:
-        qs = global_queries(cat.schema, labels, max_queries, seed, editable=cols)
-    full = cat.schema  # queries and targets index the catalog's attributes
+        qs = global_queries(full, labels, max_queries, seed, editable=cols)
     protocols.append(("global", qs, [[Edit(full.names[q.attribute], full.attributes[q.attribute].values[q.value])] for q in qs]))
     rq = region_queries(full, labels, max_queries, seed)
     if any(a.describes for a in full.attributes):  # the catalog has region-specific labels

@@ -138,15 +138,20 @@ class TrainConfig:
         """The attribute names of ``hold_out``."""
         return tuple(n.strip() for n in self.hold_out.split(",") if n.strip())
 
+    def _held_elsewhere(self, names: Sequence[str]) -> set[str]:
+        """Held-out attributes outside the model: per-attribute options naming them are skipped (a
+        config written for the whole catalog)."""
+        return set(self.held_out()) - set(names)
+
     def thresholds(self, names: Sequence[str]) -> tuple[float, ...]:
         """``roi_thresholds`` resolved against the attribute names: one value per attribute, or ()."""
         if not self.roi_thresholds.strip():
             return ()
         out = {n: self.roi_threshold for n in names}
-        held = set(self.held_out())
+        held = self._held_elsewhere(names)
         for item in self.roi_thresholds.split(","):
             name, sep, raw = item.strip().partition("=")
-            if sep and name.strip() in held - set(names):  # a config written for the whole catalog
+            if sep and name.strip() in held:
                 continue
             if not sep or name.strip() not in out:
                 raise ValueError(f"roi_thresholds entry {item.strip()!r}: expected attribute=value with an attribute of {', '.join(names)}")
@@ -161,7 +166,7 @@ class TrainConfig:
 
     def attribute_roi_indices(self, names: Sequence[str]) -> tuple[int, ...]:
         """``attribute_rois`` resolved against the attribute names (held-out ones skipped)."""
-        held = set(self.held_out()) - set(names)
+        held = self._held_elsewhere(names)
         out = []
         for name in (n.strip() for n in self.attribute_rois.split(",") if n.strip()):
             if name in held:
