@@ -220,6 +220,55 @@ def test_bad_model_option_with_force_loses_nothing(trained, synth_small, tmp_pat
         assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
+def test_coarse_maps_option():
+    """``coarse_maps=NAME`` (with ``dilate_from``) gives that attribute its maps from a second head on
+    every other cell of the dilated grid: the same as that head on the undilated backbone's grid,
+    repeated onto the fine grid; the other attributes' maps never read it. Checked and stored."""
+    import torch.nn.functional as F
+
+    from fashionsearchnet.train import TrainConfig
+
+    names = ("category", "neckline", "color")
+    base = dict(backbone="mobilenet_v2", pretrained=False, map_stage=6, pool_from="maps", aam_pooling="lse", image_size=64,
+                conv_channels=8, hidden=16, embed_dim=8, frozen_stages=0)
+    cfg = TrainConfig(coarse_maps="neckline", coarse_channels=6, dilate_from=4, **base).model_config((3, 2, 4), (), names)
+    assert (cfg.coarse_maps, cfg.coarse_channels) == ((1,), 6)
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    old = cfg.to_dict()
+    del old["coarse_maps"], old["coarse_channels"]  # checkpoints written before the option: one head
+    assert ModelConfig.from_dict(old).coarse_maps == ()
+    with pytest.raises(ValueError, match="coarse_maps: unknown attribute 'collar'"):
+        TrainConfig(coarse_maps="collar", dilate_from=4, **base).model_config((3, 2, 4), (), names)
+    assert TrainConfig(coarse_maps="collar", hold_out="collar", dilate_from=4, **base).model_config((3, 2, 4), (), names).coarse_maps == ()
+    with pytest.raises(ValueError, match="coarse_maps needs"):
+        TrainConfig(coarse_maps="neckline", **base).model_config((3, 2, 4), (), names)
+
+    torch.manual_seed(3)
+    m = FashionSearchNet(cfg).eval()
+    ref = FashionSearchNet(dataclasses.replace(cfg, dilate_from=-1, coarse_maps=())).eval()  # the undilated backbone
+    ref.backbone.load_state_dict(m.backbone.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        conv7, logits = m.forward_maps(m.forward_features(x))
+        maps = m.all_activation_maps(conv7)
+        coarse_in = ref.forward_features(x).maps_in
+        coarse7 = F.relu(m.conv7c(F.relu(m.conv6c(coarse_in))))
+        want = torch.einsum("vk,bkhw->bvhw", m.gap_classifier.weight[3:5, 8:], coarse7)
+    assert maps.shape[-2:] == (2 * coarse_in.shape[-2], 2 * coarse_in.shape[-1])
+    torch.testing.assert_close(maps[:, 3:5], F.interpolate(want, scale_factor=2, mode="nearest"), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # the fine attributes' maps do not read the coarse head, the coarse one does not read conv7
+        m.conv7c.weight.add_(1.0)
+        m.conv7.weight.add_(1.0)
+        maps2 = m.all_activation_maps(m.forward_maps(m.forward_features(x))[0])
+        m.conv7.weight.sub_(1.0)
+        maps3 = m.all_activation_maps(m.forward_maps(m.forward_features(x))[0])
+    assert not torch.allclose(maps2[:, :3], maps[:, :3]) and not torch.allclose(maps2[:, 3:5], maps[:, 3:5])
+    torch.testing.assert_close(maps3[:, :3], maps[:, :3])
+    torch.testing.assert_close(maps3[:, 5:], maps[:, 5:])
+    out = m(x)  # the whole pass runs, ROIs on the fine grid
+    assert out.grid == tuple(maps.shape[-2:]) and out.rois.shape == (2, 3, 4)
+
+
 def test_attribute_rois_option():
     """``attribute_rois=NAME`` draws that attribute's ROI from its attribute-level map (the mean of
     its values' normalised maps); the others keep their value's map; stored in the checkpoint."""

@@ -62,6 +62,12 @@ class ModelConfig:
     # backbone stage whose stride-2 convolution runs at stride 1, later ones dilated (−1: none): a
     # map grid twice as fine (32×32 instead of 16×16 at 128 px from MobileNetV2's stage 6 with 4)
     dilate_from: int = -1
+    # attributes whose activation maps come from a second conv6/conv7 head on every other cell of
+    # the map grid, which with ``dilate_from`` is the backbone's own, coarser grid (the à-trous
+    # identity): fine maps for small parts, coarse maps, whose cells see a whole neck area, for
+    # these (needs dilate_from ≥ 0; () = one head, as in the paper)
+    coarse_maps: tuple[int, ...] = ()
+    coarse_channels: int = 0  # width of that head's conv6/conv7 (0: conv_channels)
     # how class-score maps become logits: gap (the paper), lse (log-sum-exp), max, or lse-contrast
     # (log-sum-exp minus the map's own mean, plus the class bias: a value scores by its peak above its
     # map's average, so it cannot win with a plateau, e.g. by the absence of the other values' evidence)
@@ -89,6 +95,12 @@ class ModelConfig:
             raise ValueError(f"roi_norm must be one of {', '.join(ROI_NORMS)}, got {self.roi_norm!r}")
         if any(not 0 <= a < len(self.num_values) for a in self.attribute_rois) or len(set(self.attribute_rois)) != len(self.attribute_rois):
             raise ValueError(f"attribute_rois {self.attribute_rois}: expected distinct attributes in 0..{len(self.num_values) - 1}")
+        if any(not 0 <= a < len(self.num_values) for a in self.coarse_maps) or len(set(self.coarse_maps)) != len(self.coarse_maps):
+            raise ValueError(f"coarse_maps {self.coarse_maps}: expected distinct attributes in 0..{len(self.num_values) - 1}")
+        if self.coarse_maps and self.dilate_from < 0:
+            raise ValueError("coarse_maps needs a finer grid to be coarser than: set dilate_from (e.g. 4 with MobileNetV2)")
+        if self.coarse_channels < 0:
+            raise ValueError(f"coarse_channels must be 0 (conv_channels) or positive, got {self.coarse_channels}")
         if self.dilate_from < -1:
             raise ValueError(f"dilate_from must be a backbone stage or -1 (none), got {self.dilate_from}")
         if self.roi_sampling < 0:
@@ -121,6 +133,7 @@ class ModelConfig:
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         d["roi_thresholds"] = tuple(float(t) for t in d.get("roi_thresholds", ()))
         d["attribute_rois"] = tuple(int(a) for a in d.get("attribute_rois", ()))
+        d["coarse_maps"] = tuple(int(a) for a in d.get("coarse_maps", ()))
         d.setdefault("roi_sampling", 2)  # what checkpoints written before the option used
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
@@ -189,7 +202,22 @@ class FashionSearchNet(nn.Module):
         self.conv6 = nn.Conv2d(c_map, k, 3, padding=1, padding_mode=cfg.map_padding)
         self.conv7 = nn.Conv2d(k, k, 3, padding=1, padding_mode=cfg.map_padding)
         v_total = sum(cfg.num_values)
-        self.gap_classifier = nn.Linear(k, v_total)  # one classifier per attribute, stacked
+        offsets = torch.tensor([0, *torch.tensor(cfg.num_values).cumsum(0).tolist()])
+        k_maps = k
+        if cfg.coarse_maps:
+            kc = cfg.coarse_channels or k
+            self.conv6c = nn.Conv2d(c_map, kc, 3, padding=1, padding_mode=cfg.map_padding)
+            self.conv7c = nn.Conv2d(kc, kc, 3, padding=1, padding_mode=cfg.map_padding)
+            k_maps = k + kc
+            # each value's classifier reads its own head's channels only (conv7 below is both heads' channels)
+            coarse = torch.zeros(v_total, dtype=torch.bool)
+            for a in cfg.coarse_maps:
+                coarse[offsets[a] : offsets[a + 1]] = True
+            mask = torch.zeros(v_total, k_maps)
+            mask[~coarse, :k] = 1.0
+            mask[coarse, k:] = 1.0
+            self.register_buffer("gap_mask", mask, persistent=False)
+        self.gap_classifier = nn.Linear(k_maps, v_total)  # one classifier per attribute, stacked
         c_pool = c_map if cfg.pool_from == "maps" else c
         self.branches = BranchStack(cfg.num_attributes, c_pool * cfg.roi_size**2, cfg.hidden, cfg.embed_dim)
         self.attr_classifier = nn.Parameter(torch.empty(cfg.num_attributes, cfg.embed_dim, max(cfg.num_values)))
@@ -197,7 +225,6 @@ class FashionSearchNet(nn.Module):
         self.attr_bias = nn.Parameter(torch.zeros(cfg.num_attributes, 1, max(cfg.num_values)))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # reps are unit vectors
         self.global_weight_raw = nn.Parameter(torch.full((cfg.num_attributes,), math.log(math.e - 1)))  # softplus -> 1
-        offsets = torch.tensor([0, *torch.tensor(cfg.num_values).cumsum(0).tolist()])
         self.register_buffer("value_offsets", offsets, persistent=False)
         # where each stacked value sits in the (A, Vmax) padded layout: index maps, so that
         # stacking and unstacking logits need no boolean indexing (a host sync on a GPU)
@@ -214,10 +241,21 @@ class FashionSearchNet(nn.Module):
         conv5, tapped = run_backbone(self.backbone, x, self.cfg.frozen_stages, self.cfg.map_stage, stop)
         return Features(conv5, tapped)
 
+    def gap_weight(self) -> torch.Tensor:
+        """The stacked map classifiers (V, K); with ``coarse_maps`` each value's row reads only its head's channels."""
+        w = self.gap_classifier.weight
+        return w * self.gap_mask if self.cfg.coarse_maps else w
+
     def forward_maps(self, feats: Features) -> tuple[torch.Tensor, torch.Tensor]:
-        conv7 = F.relu(self.conv7(F.relu(self.conv6(feats.maps_in))))
+        x = feats.maps_in
+        conv7 = F.relu(self.conv7(F.relu(self.conv6(x))))
+        if self.cfg.coarse_maps:
+            # every other cell of the dilated grid is the backbone's own grid (à-trous identity); the
+            # coarse head's output is repeated onto the fine grid, so one tensor carries both
+            coarse = F.relu(self.conv7c(F.relu(self.conv6c(x[..., ::2, ::2]))))
+            conv7 = torch.cat([conv7, F.interpolate(coarse, size=conv7.shape[-2:], mode="nearest")], 1)
         if self.cfg.aam_pooling == "gap":  # = mean of the class-score maps, computed cheaply
-            return conv7, self.gap_classifier(conv7.mean((2, 3)))
+            return conv7, F.linear(conv7.mean((2, 3)), self.gap_weight(), self.gap_classifier.bias)
         scores = self.all_activation_maps(conv7).flatten(2) + self.gap_classifier.bias.view(1, -1, 1).to(conv7.dtype)
         if self.cfg.aam_pooling == "max":
             return conv7, scores.amax(2)
@@ -230,12 +268,12 @@ class FashionSearchNet(nn.Module):
     def activation_maps(self, conv7: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """AAM of attribute a for value values[b, a]: Σ_k W_a[v, k] · conv7_k (class activation map)."""
         rows = self.value_offsets[:-1].unsqueeze(0) + values.clamp_min(0)  # (B, A) rows of the stacked classifier
-        w = self.gap_classifier.weight[rows]  # (B, A, K)
+        w = self.gap_weight()[rows]  # (B, A, K)
         return torch.einsum("bak,bkhw->bahw", w.to(conv7.dtype), conv7)
 
     def all_activation_maps(self, conv7: torch.Tensor) -> torch.Tensor:
         """Maps for every value of every attribute: (B, V, H, W)."""
-        return torch.einsum("vk,bkhw->bvhw", self.gap_classifier.weight.to(conv7.dtype), conv7)
+        return torch.einsum("vk,bkhw->bvhw", self.gap_weight().to(conv7.dtype), conv7)
 
     def roi_maps(self, conv7: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """The maps the ROIs are drawn from (B, A, H, W): each attribute's map of ``values``, or its
