@@ -93,10 +93,10 @@ class ModelConfig:
             raise ValueError(f"aam_pooling must be one of {', '.join(AAM_POOLINGS)}, got {self.aam_pooling!r}")
         if self.roi_norm not in ROI_NORMS:
             raise ValueError(f"roi_norm must be one of {', '.join(ROI_NORMS)}, got {self.roi_norm!r}")
-        if any(not 0 <= a < len(self.num_values) for a in self.attribute_rois) or len(set(self.attribute_rois)) != len(self.attribute_rois):
-            raise ValueError(f"attribute_rois {self.attribute_rois}: expected distinct attributes in 0..{len(self.num_values) - 1}")
-        if any(not 0 <= a < len(self.num_values) for a in self.coarse_maps) or len(set(self.coarse_maps)) != len(self.coarse_maps):
-            raise ValueError(f"coarse_maps {self.coarse_maps}: expected distinct attributes in 0..{len(self.num_values) - 1}")
+        for option in ("attribute_rois", "coarse_maps"):  # attribute indices
+            idx = getattr(self, option)
+            if any(not 0 <= a < len(self.num_values) for a in idx) or len(set(idx)) != len(idx):
+                raise ValueError(f"{option} {idx}: expected distinct attributes in 0..{len(self.num_values) - 1}")
         if self.coarse_maps and self.dilate_from < 0:
             raise ValueError("coarse_maps needs a finer grid to be coarser than: set dilate_from (e.g. 4 with MobileNetV2)")
         if self.coarse_channels < 0:
@@ -132,8 +132,8 @@ class ModelConfig:
         d["region_pairs"] = tuple(tuple(p) for p in d.get("region_pairs", ()))
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         d["roi_thresholds"] = tuple(float(t) for t in d.get("roi_thresholds", ()))
-        d["attribute_rois"] = tuple(int(a) for a in d.get("attribute_rois", ()))
-        d["coarse_maps"] = tuple(int(a) for a in d.get("coarse_maps", ()))
+        for option in ("attribute_rois", "coarse_maps"):  # absent from older checkpoints: none
+            d[option] = tuple(int(a) for a in d.get(option, ()))
         d.setdefault("roi_sampling", 2)  # what checkpoints written before the option used
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
