@@ -20,7 +20,8 @@
 #
 # Needs the package importable (installed, or PYTHONPATH=src plus its dependencies). Each stage
 # has its own time limit, so one that hangs cannot take the others with it (TRAIN_EXTRA="key=value ..."
-# appends training overrides to every run, for a dry run; TRAIN_TIMEOUT, default 240 s). Logs go to
+# appends training overrides to every run, for a dry run; TRAIN_TIMEOUT, default 240 s; SKIP="throughput
+# tests torchrun" leaves those stages out, for a second sweep in the same lease). Logs go to
 # OUT_DIR: env.txt, throughput.log, gpu_tests.log, synthetic.log, sweep.txt, torchrun.log and
 # runs.tgz (every training log and report), eight files at most.
 set -u
@@ -42,11 +43,13 @@ stage environment
   git log -1 --format='commit %H' 2>/dev/null
 } 2>&1 | tee "$OUT_DIR/env.txt"
 
+skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }  # SKIP="throughput tests torchrun": leave those stages out
+
 stage "training throughput"
-timeout ${THROUGHPUT_TIMEOUT:-200} $PY bench/train_throughput.py $DEVICE_ARGS --pipeline --profile 5 ${THROUGHPUT_EXTRA:-} 2>&1 | tee "$OUT_DIR/throughput.log"
+skip throughput || timeout ${THROUGHPUT_TIMEOUT:-200} $PY bench/train_throughput.py $DEVICE_ARGS --pipeline --profile 5 ${THROUGHPUT_EXTRA:-} 2>&1 | tee "$OUT_DIR/throughput.log"
 
 stage "GPU tests"
-timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT_DIR/gpu_tests.log"
+skip tests || timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT_DIR/gpu_tests.log"
 
 stage "synthetic catalog on the GPU"
 mkdir -p "$WORK/logs"
@@ -105,10 +108,10 @@ EOF
 fi
 
 stage "torchrun, one process (NCCL)"
-timed torchrun to "$WORK/logs/ddp.log" timeout 120 $PY -m torch.distributed.run --standalone --nproc_per_node 1 \
+skip torchrun || timed torchrun to "$WORK/logs/ddp.log" timeout 120 $PY -m torch.distributed.run --standalone --nproc_per_node 1 \
   -m fashionsearchnet train --data "$WORK/syn" --out "$WORK/ddp" --config synthetic \
   epochs_localization=1 epochs_attributes=1 epochs_global=1 ${TRAIN_EXTRA:-}
-clean "$WORK/logs/ddp.log" 10 | tee "$OUT_DIR/torchrun.log"
+skip torchrun || clean "$WORK/logs/ddp.log" 10 | tee "$OUT_DIR/torchrun.log"
 
 (cd "$WORK" && tar czf "$OUT_DIR/runs.tgz" logs $(ls -d report report-* 2>/dev/null) $(ls sweep-*/metrics.jsonl sweep-*/run_config.json fsn/metrics.jsonl 2>/dev/null))
 stage done
