@@ -287,3 +287,25 @@ def test_value_stacking_matches_per_attribute_loop():
     padded = torch.randn(len(nv), 5, max(nv), generator=g)  # (A, B, Vmax) -> stacked (B, V): padding dropped
     want = torch.cat([padded[a, :, :n] for a, n in enumerate(nv)], 1)
     assert torch.equal(m._stack_logits(padded), want)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_bf16_pooling_of_large_batches_reads_each_image(autocast):
+    """Under bf16 (GPU training and embedding) the ROI boxes stay in fp32: a bf16 batch-index column
+    rounds above 256, so image 257 would pool image 256. Checked against pooling one image at a time."""
+    from torchvision.ops import roi_align
+
+    from fashionsearchnet.model import Features
+
+    b, c = 300, 8
+    x = torch.zeros(b, c, 6, 6)
+    x[torch.arange(b), torch.arange(b) % c] = 1.0  # image i is one-hot at channel i mod 8
+    x[:, :, 2:4, 1:5] += torch.rand(b, c, 2, 4)  # and differs inside the box
+    feats = Features(x.bfloat16(), x.bfloat16())
+    rois = torch.tensor([0.5, 1.0, 5.5, 4.5]).expand(b, 1, 4).contiguous()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        got = tiny_model()._pool(feats, rois)[0].float()
+    for i in range(b):
+        box = torch.cat([torch.zeros(1), rois[i, 0]])[None]
+        want = roi_align(x[i : i + 1].bfloat16().float(), box, (3, 3), 1.0, 0, True).flatten()
+        torch.testing.assert_close(got[i], want, atol=1e-2, rtol=1e-2)

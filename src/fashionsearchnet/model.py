@@ -305,11 +305,13 @@ class FashionSearchNet(nn.Module):
         if (mh, mw) != (h, w):
             rois = torch.stack([rois[..., 0] * (w / mw), rois[..., 1] * (h / mh), rois[..., 2] * (w / mw), rois[..., 3] * (h / mh)], -1)
         b, r, _ = rois.shape
-        batch_idx = torch.arange(b, device=feats.device, dtype=rois.dtype).repeat_interleave(r)
-        boxes = torch.cat([batch_idx[:, None], rois.reshape(b * r, 4).to(rois.dtype)], 1)
+        # boxes stay in fp32: in bf16 the batch index column rounds above 256 (image 257 would pool
+        # image 256) and coordinates to 1/16 of a cell; the pooling runs in fp32, as autocast would
+        batch_idx = torch.arange(b, device=feats.device, dtype=torch.float32).repeat_interleave(r)
+        boxes = torch.cat([batch_idx[:, None], rois.reshape(b * r, 4).float()], 1)
         s = self.cfg.roi_size
-        pooled = roi_align(feats, boxes.to(feats.dtype), (s, s), spatial_scale=1.0, sampling_ratio=self.cfg.roi_sampling, aligned=True)
-        return pooled.reshape(b, r, -1).transpose(0, 1)
+        pooled = roi_align(feats.float(), boxes, (s, s), spatial_scale=1.0, sampling_ratio=self.cfg.roi_sampling, aligned=True)
+        return pooled.to(feats.dtype).reshape(b, r, -1).transpose(0, 1)
 
     def forward_attributes(self, feats: Features, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.branches(self._pool(feats, rois))  # (A, B, D)
