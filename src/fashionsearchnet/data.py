@@ -82,19 +82,6 @@ def augment(x: torch.Tensor, generator: torch.Generator, max_shift: float = 0.08
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def hide_patches(x: torch.Tensor, generator: torch.Generator, grid: int, prob: float) -> torch.Tensor:
-    """Hide-and-Seek (Singh & Lee, 2017): split each normalised image (B, C, S, S) into grid × grid
-    patches and set each to 0 (the dataset mean after ``normalise``) with probability ``prob``, so that
-    the activation maps cannot rely on one telling detail alone. The last row and column of patches
-    take the remainder when S is not a multiple of grid."""
-    b, _, h, w = x.shape
-    hide = to_device(torch.rand(b, grid, grid, generator=generator) < prob, x.device)  # drawn on the CPU
-    rows = torch.arange(h, device=x.device) * grid // h  # the patch row of each pixel row
-    cols = torch.arange(w, device=x.device) * grid // w
-    mask = hide[:, rows][:, :, cols]  # (B, H, W)
-    return x.masked_fill(mask[:, None], 0.0)
-
-
 class ImageSource:
     """Images of a list of catalog records as uint8 batches: from memory when they fit, else from disk."""
 

@@ -31,7 +31,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .catalog import read_catalog
-from .data import ImageSource, augment, fits_in_memory, hide_patches, normalise
+from .data import ImageSource, augment, fits_in_memory, normalise
 from .device import autocast, prepare_input, prepare_model, resolve_device, resolve_precision, to_device
 from .embed import compute_prototypes, embed_batches, iterate_images, save_prototypes, value_accuracy, Embedding
 from .localization import ROI_NORMS
@@ -98,8 +98,6 @@ class TrainConfig:
     w_global_triplet: float = 1.0
     # data and machine
     augment: bool = True
-    hide_grid: int = 0  # Hide-and-Seek: hide patches of a grid × grid split of each training image (0 = off)
-    hide_prob: float = 0.5  # each patch hidden with this probability
     cache: str = "auto"  # auto | memory | disk
     cache_budget_gb: float = 8.0
     workers: int = 0  # image decoding threads; 0 = auto
@@ -123,8 +121,6 @@ class TrainConfig:
             raise ValueError("joint training needs epochs ≥ 1")
         if min(self.epochs_localization, self.epochs_attributes, self.epochs_global, self.epochs) < 0:
             raise ValueError("epoch counts cannot be negative")
-        if self.hide_grid < 0 or not 0.0 <= self.hide_prob < 1.0:
-            raise ValueError(f"hide_grid must be ≥ 0 and hide_prob in [0, 1), got {self.hide_grid} and {self.hide_prob}")
         for name in ("grad_accum", "lr", "margin", "image_size", "conv_channels", "hidden", "embed_dim", "roi_size", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -458,8 +454,6 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
                 # seeded by the batch's global position: the same pixels whatever the world size
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + j * d.world + d.rank)
                 x = augment(x, gen)
-                if cfg.hide_grid:
-                    x = hide_patches(x, gen, cfg.hide_grid, cfg.hide_prob)
             x = prepare_input(x, device)
             y = to_device(labels_t[idx], device)
             with autocast(device, dtype):
