@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     recs = cat.split(args.split)
     model, schema = ckpt.load_model(args.model, torch.device("cpu"))
     model.eval()
-    norm = args.norm or model.cfg.roi_norm
+    norm = args.norm or ("the model's" if model.cfg.median_rois else model.cfg.roi_norm)
     maps = activation_maps(model, [cat.image_path(r) for r in recs], kind=args.maps)
     h, w = maps.shape[-2:]
     sizes = []
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         gts = [[(x0 / sizes[i][0], y0 / sizes[i][1], x1 / sizes[i][0], y1 / sizes[i][1]) for x0, y0, x1, y1 in recs[i].boxes[attr.region]] for i in rows]
         cells = []
         for t in thresholds:
-            boxes = boxes_from_maps(maps[rows, a], t, model.cfg.roi_upsample, norm) / torch.tensor([w, h, w, h])
+            boxes = boxes_from_maps(maps[rows, a], t, model.cfg.roi_upsample, args.norm or model.cfg.norm_of(a)) / torch.tensor([w, h, w, h])
             cells.append(f"{iou_hits(boxes.numpy(), gts).mean():>7.2f}")
         print(f"{attr.name:<16} {len(rows):>6} " + " ".join(cells))
     return 0

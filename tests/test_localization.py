@@ -192,3 +192,18 @@ def test_attribute_maps_against_a_loop():
             start += k
     with pytest.raises(ValueError, match="9 value maps for attributes with 8 values"):
         attribute_maps(torch.zeros(1, 9, 4, 4), (4, 4))
+
+
+def test_per_map_median_scaling_matches_separate_calls():
+    """``median`` marks the maps to scale by their median; the others keep ``norm``: the same boxes as
+    calling boxes_from_maps on each map with its own scaling."""
+    maps = torch.randn(12, 9, 9, generator=torch.Generator().manual_seed(4))
+    maps[::3, 2:6, 2:6] -= 6.0  # evidence against: the two scalings then give different boxes
+    median = torch.tensor([i % 2 == 0 for i in range(12)])
+    thr = torch.linspace(0.2, 0.6, 12)
+    got = boxes_from_maps(maps, thr, 2, "minmax", median)
+    for i in range(12):
+        want = boxes_from_maps(maps[i : i + 1], float(thr[i]), 2, "median" if median[i] else "minmax")
+        assert torch.equal(got[i], want[0]), i
+    assert not torch.equal(got, boxes_from_maps(maps, thr, 2, "minmax"))
+    assert torch.equal(boxes_from_maps(maps, thr, 2, "median", median), boxes_from_maps(maps, thr, 2, "median"))

@@ -301,3 +301,30 @@ def test_attribute_rois_option():
         src = level[:, a] if a == 1 else value_maps[:, a]
         assert torch.equal(rois[:, a], boxes_from_maps(src, cfg.roi_threshold, cfg.roi_upsample, cfg.roi_norm))
     assert not torch.equal(level[:, 1], value_maps[:, 1].float())
+
+
+def test_median_rois_option():
+    """``median_rois=NAME`` scales that attribute's maps by their median before the threshold (the
+    others keep ``roi_norm``); stored in the checkpoint, refused for an unknown attribute."""
+    from fashionsearchnet.localization import boxes_from_maps
+    from fashionsearchnet.train import TrainConfig
+
+    names = ("category", "neckline", "color")
+    tc = TrainConfig(median_rois="neckline", roi_thresholds="neckline=0.4", backbone="alexnet", image_size=64, conv_channels=16, hidden=16, embed_dim=8)
+    cfg = tc.model_config((3, 2, 4), (), names)
+    assert cfg.median_rois == (1,) and [cfg.norm_of(a) for a in range(3)] == ["minmax", "median", "minmax"]
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    old = cfg.to_dict()
+    del old["median_rois"]  # checkpoints written before the option: roi_norm everywhere
+    assert ModelConfig.from_dict(old).median_rois == ()
+    with pytest.raises(ValueError, match="median_rois: unknown attribute 'collar'"):
+        TrainConfig(median_rois="collar").model_config((3, 2, 4), (), names)
+    with pytest.raises(ValueError, match="median_rois"):
+        ModelConfig(num_values=(3, 2), median_rois=(0, 0))
+    m = FashionSearchNet(cfg).eval()
+    maps = torch.randn(5, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+    maps[:, :, 3:7, 3:7] -= 5.0
+    rois = m.forward_rois(maps)
+    for a in range(3):
+        assert torch.equal(rois[:, a], boxes_from_maps(maps[:, a], cfg.threshold_of(a), cfg.roi_upsample, cfg.norm_of(a)))
+    assert not torch.equal(rois[:, 1], boxes_from_maps(maps[:, 1], 0.4, cfg.roi_upsample, "minmax"))

@@ -116,14 +116,15 @@ def largest_component_boxes(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(empty[:, None], whole, boxes).to(torch.float32)
 
 
-def boxes_from_maps(maps: torch.Tensor, threshold: float | torch.Tensor = 0.2, upsample: int = 1, norm: str = "minmax") -> torch.Tensor:
+def boxes_from_maps(maps: torch.Tensor, threshold: float | torch.Tensor = 0.2, upsample: int = 1, norm: str = "minmax", median: torch.Tensor | None = None) -> torch.Tensor:
     """ROIs of activation maps (N, H, W) -> boxes (N, 4) in map-cell units (see module docstring).
 
     Each map is optionally upsampled bilinearly by ``upsample`` (finer boxes than the cell grid),
     normalised (``norm``: ``minmax`` scales its range to [0, 1]; ``median`` measures height above
     its median relative to the peak, see background_normalise_maps), thresholded at ``threshold``
     (one value, or one per map as an (N,) tensor), and the box of its largest connected component
-    is returned. Thresholds given on the CPU are checked to lie in [0, 1); a threshold tensor
+    is returned. ``median`` (an (N,) bool tensor) scales the maps it marks by their median whatever
+    ``norm`` says (per-attribute scaling). Thresholds given on the CPU are checked to lie in [0, 1); a threshold tensor
     already on a GPU is not (reading it back would wait for the GPU): the model's come from its
     checked config.
     """
@@ -139,6 +140,8 @@ def boxes_from_maps(maps: torch.Tensor, threshold: float | torch.Tensor = 0.2, u
     if upsample > 1:
         maps = F.interpolate(maps.unsqueeze(1), scale_factor=upsample, mode="bilinear", align_corners=False).squeeze(1)
     scaled = background_normalise_maps(maps) if norm == "median" else normalise_maps(maps)
+    if median is not None and norm != "median":
+        scaled = torch.where(median.to(maps.device).view(-1, 1, 1), background_normalise_maps(maps), scaled)
     mask = scaled >= (thr.view(-1, 1, 1) if thr.dim() == 1 else thr)
     return largest_component_boxes(mask) / float(upsample)
 

@@ -54,6 +54,7 @@ class ModelConfig:
     # attributes whose ROI comes from their attribute-level map (the mean of their values' normalised
     # maps, localization.attribute_maps) instead of the map of the value: () = none, as in the paper
     attribute_rois: tuple[int, ...] = ()
+    median_rois: tuple[int, ...] = ()  # attributes whose maps are scaled by their median (roi_norm=median for them alone)
     localization: bool = True  # False: the no-localization ablation (every branch pools the whole map)
     freeze_bn: bool = True  # keep the pretrained backbone's batch-norm statistics (folded into the convs)
     frozen_stages: int = 0  # leading backbone stages kept as loaded (no gradient, no backward cost)
@@ -93,7 +94,7 @@ class ModelConfig:
             raise ValueError(f"aam_pooling must be one of {', '.join(AAM_POOLINGS)}, got {self.aam_pooling!r}")
         if self.roi_norm not in ROI_NORMS:
             raise ValueError(f"roi_norm must be one of {', '.join(ROI_NORMS)}, got {self.roi_norm!r}")
-        for option in ("attribute_rois", "coarse_maps"):  # attribute indices
+        for option in ("attribute_rois", "median_rois", "coarse_maps"):  # attribute indices
             idx = getattr(self, option)
             if any(not 0 <= a < len(self.num_values) for a in idx) or len(set(idx)) != len(idx):
                 raise ValueError(f"{option} {idx}: expected distinct attributes in 0..{len(self.num_values) - 1}")
@@ -118,6 +119,9 @@ class ModelConfig:
     def threshold_of(self, attribute: int) -> float:
         return self.roi_thresholds[attribute] if self.roi_thresholds else self.roi_threshold
 
+    def norm_of(self, attribute: int) -> str:
+        return "median" if attribute in self.median_rois else self.roi_norm
+
     @property
     def num_attributes(self) -> int:
         return len(self.num_values)
@@ -132,7 +136,7 @@ class ModelConfig:
         d["region_pairs"] = tuple(tuple(p) for p in d.get("region_pairs", ()))
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         d["roi_thresholds"] = tuple(float(t) for t in d.get("roi_thresholds", ()))
-        for option in ("attribute_rois", "coarse_maps"):  # absent from older checkpoints: none
+        for option in ("attribute_rois", "median_rois", "coarse_maps"):  # absent from older checkpoints: none
             d[option] = tuple(int(a) for a in d.get(option, ()))
         d.setdefault("roi_sampling", 2)  # what checkpoints written before the option used
         known = set(cls.__dataclass_fields__)
@@ -232,6 +236,7 @@ class FashionSearchNet(nn.Module):
         padded_pos = torch.tensor([a * vmax + v for a, n in enumerate(cfg.num_values) for v in range(n)])
         self.register_buffer("padded_pos", padded_pos, persistent=False)
         self.register_buffer("roi_thr", torch.tensor([cfg.threshold_of(a) for a in range(cfg.num_attributes)]), persistent=False)
+        self.register_buffer("roi_median", torch.tensor([a in cfg.median_rois for a in range(cfg.num_attributes)]), persistent=False)
 
     # -- stages ---------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> Features:
@@ -294,7 +299,8 @@ class FashionSearchNet(nn.Module):
             thr = self.cfg.roi_threshold
             if self.cfg.roi_thresholds:  # (B·A,) in map order, from a buffer: no host-to-device copy per batch
                 thr = self.roi_thr.repeat(b)
-            boxes = boxes_from_maps(maps.reshape(b * a, h, w), thr, self.cfg.roi_upsample, self.cfg.roi_norm)
+            median = self.roi_median.repeat(b) if self.cfg.median_rois else None
+            boxes = boxes_from_maps(maps.reshape(b * a, h, w), thr, self.cfg.roi_upsample, self.cfg.roi_norm, median)
         return boxes.view(b, a, 4)
 
     def _pool(self, feats: Features, rois: torch.Tensor) -> torch.Tensor:

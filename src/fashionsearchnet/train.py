@@ -61,6 +61,7 @@ class TrainConfig:
     roi_upsample: int = 2
     roi_norm: str = "minmax"  # minmax | median (see ModelConfig)
     attribute_rois: str = ""  # attributes (comma-separated) whose ROI comes from the attribute-level map (see ModelConfig)
+    median_rois: str = ""  # attributes (comma-separated) whose maps are median-scaled before the threshold (roi_norm for them alone)
     coarse_maps: str = ""  # attributes (comma-separated) whose maps come from the coarse head (see ModelConfig; needs dilate_from)
     coarse_channels: int = 0  # the coarse head's width (0: conv_channels)
     hold_out: str = ""  # attributes (comma-separated) the model never sees, kept in the catalog for evaluation
@@ -167,7 +168,7 @@ class TrainConfig:
         return tuple(out[n] for n in names)
 
     def attribute_indices(self, option: str, names: Sequence[str]) -> tuple[int, ...]:
-        """A comma-separated attribute option (``attribute_rois``, ``coarse_maps``) resolved against
+        """A comma-separated attribute option (``attribute_rois``, ``median_rois``, ``coarse_maps``) resolved against
         the attribute names (held-out ones skipped)."""
         held = self._held_elsewhere(names)
         out = []
@@ -183,12 +184,13 @@ class TrainConfig:
         from .backbones import backbone_info
 
         info = backbone_info(self.backbone)
-        if (self.roi_thresholds.strip() or self.attribute_rois.strip() or self.coarse_maps.strip()) and len(names) != len(num_values):
-            raise ValueError("roi_thresholds, attribute_rois and coarse_maps need the attribute names")
+        if any(getattr(self, o).strip() for o in ("roi_thresholds", "attribute_rois", "median_rois", "coarse_maps")) and len(names) != len(num_values):
+            raise ValueError("roi_thresholds, attribute_rois, median_rois and coarse_maps need the attribute names")
         return ModelConfig(
             num_values=num_values, backbone=self.backbone, image_size=self.image_size, conv_channels=self.conv_channels,
             roi_size=self.roi_size, hidden=self.hidden, embed_dim=self.embed_dim, roi_threshold=self.roi_threshold,
             roi_thresholds=self.thresholds(names), attribute_rois=self.attribute_indices("attribute_rois", names),
+            median_rois=self.attribute_indices("median_rois", names),
             coarse_maps=self.attribute_indices("coarse_maps", names), coarse_channels=self.coarse_channels,
             roi_upsample=self.roi_upsample, roi_norm=self.roi_norm, localization=self.localization, freeze_bn=self.freeze_bn, frozen_stages=self.frozen_stages,
             map_stage=self.map_stage, dilate_from=self.dilate_from, aam_pooling=self.aam_pooling, lse_r=self.lse_r, map_padding=self.map_padding, pool_from=self.pool_from, roi_sampling=self.roi_sampling,
