@@ -309,3 +309,39 @@ def test_bf16_pooling_of_large_batches_reads_each_image(autocast):
         box = torch.cat([torch.zeros(1), rois[i, 0]])[None]
         want = roi_align(x[i : i + 1].bfloat16().float(), box, (3, 3), 1.0, 0, True).flatten()
         torch.testing.assert_close(got[i], want, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_map_kernel_sets_how_far_a_cell_spreads(kernel):
+    """conv6/conv7 of kernel k: a change of the features at one cell moves the maps within
+    2·(k//2) cells of it and nowhere else (a 1×1 head adds no spatial spread of its own)."""
+    m = tiny_model(map_kernel=kernel)
+    assert m.conv6.kernel_size == (kernel, kernel) and m.conv7.kernel_size == (kernel, kernel)
+    with torch.no_grad():
+        feats = m.forward_features(torch.randn(1, 3, 96, 96))
+        h, w = feats.maps_in.shape[-2:]
+        base, _ = m.forward_maps(feats)
+        bumped = feats.maps_in.clone()
+        bumped[..., h // 2, w // 2] += 10.0
+        moved, _ = m.forward_maps(feats._replace(maps_in=bumped))
+    changed = (moved - base).abs().amax(1)[0] > 0
+    ys, xs = torch.nonzero(changed, as_tuple=True)
+    reach = 2 * (kernel // 2)
+    assert changed[h // 2, w // 2]
+    assert (ys - h // 2).abs().max() <= reach and (xs - w // 2).abs().max() <= reach
+    if kernel > 1:
+        assert (ys - h // 2).abs().max() == reach  # the neighbourhood does move
+
+
+def test_map_kernel_validation_and_old_checkpoints():
+    for bad in (0, 2, -1):
+        with pytest.raises(ValueError, match="map_kernel must be an odd positive"):
+            ModelConfig(num_values=(2, 3), map_kernel=bad)
+    cfg = ModelConfig(num_values=(2, 3), map_kernel=1)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    old = cfg.to_dict()
+    del old["map_kernel"]  # written before the option: 3×3, as then
+    assert ModelConfig.from_dict(old).map_kernel == 3
+    from fashionsearchnet.train import TrainConfig
+
+    assert TrainConfig(map_kernel=1).model_config((2, 3), ()).map_kernel == 1

@@ -75,6 +75,9 @@ class ModelConfig:
     aam_pooling: str = "gap"
     lse_r: float = 5.0  # sharpness of lse pooling
     map_padding: str = "zeros"  # conv6/conv7 padding; "replicate" gives border cells no artificial response
+    # conv6/conv7 kernel size (odd): 3 as in CAM-style heads; 1 adds no spatial spread of its own, so
+    # a part's map is no wider than the backbone's features make it (checkpoints before the option: 3)
+    map_kernel: int = 3
     # which features the ROIs pool: conv5 (the backbone's last stage, as in the paper) or maps (the
     # input of conv6, i.e. stage map_stage: finer and more local, so a region's content dominates)
     pool_from: str = "conv5"
@@ -104,6 +107,8 @@ class ModelConfig:
             raise ValueError(f"coarse_channels must be 0 (conv_channels) or positive, got {self.coarse_channels}")
         if self.dilate_from < -1:
             raise ValueError(f"dilate_from must be a backbone stage or -1 (none), got {self.dilate_from}")
+        if self.map_kernel < 1 or self.map_kernel % 2 == 0:
+            raise ValueError(f"map_kernel must be an odd positive kernel size (1, 3, 5, …), got {self.map_kernel}")
         if self.roi_sampling < 0:
             raise ValueError(f"roi_sampling must be 0 (adaptive) or positive, got {self.roi_sampling}")
         if self.pool_from not in ("conv5", "maps"):
@@ -139,6 +144,7 @@ class ModelConfig:
         for option in ("attribute_rois", "median_rois", "coarse_maps"):  # absent from older checkpoints: none
             d[option] = tuple(int(a) for a in d.get(option, ()))
         d.setdefault("roi_sampling", 2)  # what checkpoints written before the option used
+        d.setdefault("map_kernel", 3)
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -203,15 +209,16 @@ class FashionSearchNet(nn.Module):
         if cfg.map_stage >= 0:
             with torch.no_grad():  # the tapped stage's width, from a tiny probe
                 c_map = run_backbone(self.backbone.eval(), torch.zeros(1, 3, 64, 64), 0, cfg.map_stage)[1].shape[1]
-        self.conv6 = nn.Conv2d(c_map, k, 3, padding=1, padding_mode=cfg.map_padding)
-        self.conv7 = nn.Conv2d(k, k, 3, padding=1, padding_mode=cfg.map_padding)
+        ks, pad = cfg.map_kernel, cfg.map_kernel // 2
+        self.conv6 = nn.Conv2d(c_map, k, ks, padding=pad, padding_mode=cfg.map_padding)
+        self.conv7 = nn.Conv2d(k, k, ks, padding=pad, padding_mode=cfg.map_padding)
         v_total = sum(cfg.num_values)
         offsets = torch.tensor([0, *torch.tensor(cfg.num_values).cumsum(0).tolist()])
         k_maps = k
         if cfg.coarse_maps:
             kc = cfg.coarse_channels or k
-            self.conv6c = nn.Conv2d(c_map, kc, 3, padding=1, padding_mode=cfg.map_padding)
-            self.conv7c = nn.Conv2d(kc, kc, 3, padding=1, padding_mode=cfg.map_padding)
+            self.conv6c = nn.Conv2d(c_map, kc, ks, padding=pad, padding_mode=cfg.map_padding)
+            self.conv7c = nn.Conv2d(kc, kc, ks, padding=pad, padding_mode=cfg.map_padding)
             k_maps = k + kc
             # each value's classifier reads its own head's channels only (conv7 below is both heads' channels)
             coarse = torch.zeros(v_total, dtype=torch.bool)

@@ -73,6 +73,7 @@ class TrainConfig:
     aam_pooling: str = "gap"
     lse_r: float = 5.0
     map_padding: str = "zeros"
+    map_kernel: int = 3  # conv6/conv7 kernel size (see ModelConfig)
     pool_from: str = "conv5"  # conv5 | maps (see ModelConfig)
     roi_sampling: int = 0  # roi_align points per bin side, 0 = adaptive (see ModelConfig)
     # schedule
@@ -193,7 +194,7 @@ class TrainConfig:
             median_rois=self.attribute_indices("median_rois", names),
             coarse_maps=self.attribute_indices("coarse_maps", names), coarse_channels=self.coarse_channels,
             roi_upsample=self.roi_upsample, roi_norm=self.roi_norm, localization=self.localization, freeze_bn=self.freeze_bn, frozen_stages=self.frozen_stages,
-            map_stage=self.map_stage, dilate_from=self.dilate_from, aam_pooling=self.aam_pooling, lse_r=self.lse_r, map_padding=self.map_padding, pool_from=self.pool_from, roi_sampling=self.roi_sampling,
+            map_stage=self.map_stage, dilate_from=self.dilate_from, aam_pooling=self.aam_pooling, lse_r=self.lse_r, map_padding=self.map_padding, map_kernel=self.map_kernel, pool_from=self.pool_from, roi_sampling=self.roi_sampling,
             region_pairs=region_pairs, mean=info.mean, std=info.std,
         )
 
