@@ -345,3 +345,20 @@ def test_map_kernel_validation_and_old_checkpoints():
     from fashionsearchnet.train import TrainConfig
 
     assert TrainConfig(map_kernel=1).model_config((2, 3), ()).map_kernel == 1
+
+
+def test_roi_areas_against_a_loop():
+    from fashionsearchnet.train import roi_areas
+
+    g = torch.Generator().manual_seed(3)
+    lo = torch.rand(4, 3, 2, generator=g) * 8
+    rois = torch.cat([lo, lo + torch.rand(4, 3, 2, generator=g) * 8 + 0.5], -1)  # x0, y0, x1, y1 on a 16 × 12 grid
+    got = roi_areas(rois, (12, 16))
+    for b in range(4):
+        for a in range(3):
+            x0, y0, x1, y1 = rois[b, a].tolist()
+            assert abs(got[b, a].item() - (x1 - x0) * (y1 - y0) / (12 * 16)) < 1e-6
+    whole = tiny_model(localization=False)
+    with torch.no_grad():
+        out = whole(torch.randn(2, 3, 96, 96))
+    torch.testing.assert_close(roi_areas(out.rois, out.grid), torch.ones(2, 3))

@@ -74,6 +74,10 @@ def test_fsn_train_end_to_end_and_checkpoint_roundtrip(synth_small, tmp_path, ca
     assert [r["stage"] for r in rows] == ["localization", "attributes", "global"]
     assert rows[-1]["loss"]["global_triplet"] > 0 and rows[0]["loss"]["attr_ce"] == 0
     model, schema = ckpt.load_model(run)
+    # each epoch logs its val ROIs' mean share of the picture per attribute, and the run ends with the chosen epoch's
+    assert all(len(r["val"]["roi_area"]) == len(schema.names) and all(0 < a <= 1 for a in r["val"]["roi_area"]) for r in rows)
+    chosen = [r for r in rows if r["selected"]][-1]["val"]["roi_area"]
+    assert f"ROI area on val, share of the picture (a map that does not localize gives a large one): {schema.names[0]} {chosen[0]:.2f}" in capsys.readouterr().out
     assert schema.names[0] == "category" and model.cfg.image_size == 64
     meta = ckpt.read_meta(run)
     assert meta["preprocessing"]["resize"] == [64, 64] and meta["epoch"] == 3

@@ -317,16 +317,26 @@ def _optimizer(model: FashionSearchNet, cfg: TrainConfig) -> torch.optim.Optimiz
 @torch.no_grad()
 def validate(model: FashionSearchNet, source: ImageSource, labels: np.ndarray, device, dtype, batch: int) -> dict[str, Any]:
     model.eval()
-    gap_pred, attr_pred = [], []
+    gap_pred, attr_pred, areas = [], [], []
     for images in iterate_images(source, batch):
         x = prepare_input(normalise(images.to(device), model.cfg.mean, model.cfg.std), device)
         with autocast(device, dtype):
             out = model(x)
         gap_pred.append(model.predict_values(out.gap_logits.float()).cpu().numpy())
         attr_pred.append(model.predict_values(out.attr_logits.float()).cpu().numpy())
+        areas.append(roi_areas(out.rois.float(), out.grid).cpu().numpy())
     gap = value_accuracy(np.concatenate(gap_pred), labels)
     attr = value_accuracy(np.concatenate(attr_pred), labels)
-    return {"gap_acc": gap.tolist(), "attr_acc": attr.tolist(), "gap_mean": float(np.nanmean(gap)), "attr_mean": float(np.nanmean(attr))}
+    return {"gap_acc": gap.tolist(), "attr_acc": attr.tolist(), "gap_mean": float(np.nanmean(gap)), "attr_mean": float(np.nanmean(attr)),
+            "roi_area": np.concatenate(areas).mean(0).round(4).tolist()}
+
+
+def roi_areas(rois: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, A, 4) ROIs in map cells -> (B, A) their share of the picture. Without boxes to score
+    against (a retailer's own catalog), the val mean per attribute tells whether the maps localize:
+    an attribute whose ROIs cover most of the picture has a map that does not."""
+    h, w = grid
+    return (rois[..., 2] - rois[..., 0]) * (rois[..., 3] - rois[..., 1]) / (h * w)
 
 
 def _prefetch(batches, source: ImageSource):
@@ -508,6 +518,10 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
         summary["train_seconds"] = round(time.perf_counter() - t0, 1)
         ckpt.write_json(out / "summary.json", summary)
         log(f"best epoch {summary['best_epoch']} (val attr {summary['val_attr_mean']:.4f}); prototypes from {summary['prototype_items']} train items -> {out}")
+        chosen = [r["val"] for r in history if r.get("selected") and "roi_area" in r["val"]]
+        if chosen and model.cfg.localization:
+            log("ROI area on val, share of the picture (a map that does not localize gives a large one): "
+                + ", ".join(f"{n} {a:.2f}" for n, a in zip(schema.names, chosen[-1]["roi_area"])))
     _barrier(d)
     if d.world > 1:
         import torch.distributed as dist
