@@ -204,3 +204,16 @@ def test_held_out_attribute_trains_without_it_and_is_still_evaluated(synth_small
     loaded = load_index(idx)
     assert loaded.items["labels"].shape[1] == 5
     np.testing.assert_array_equal(loaded.items["labels"][:, 4], cat.labels(cat.records)[:, 5])
+
+
+def test_report_percentages_round_the_exact_fraction_once():
+    """493 of 567 queries is 86.949 %: the report must say 86.9 (rounded to 4 decimals first, 0.8695,
+    it said 87.0)."""
+    from fashionsearchnet.evaluate import score_ranking
+    from fashionsearchnet.report import _fmt
+
+    gallery = np.asarray([[0], [1]])
+    ranked = np.zeros((567, 1), dtype=np.int64)  # every query ranks item 0 first
+    targets = np.asarray([[0]] * 493 + [[1]] * 74)
+    got = score_ranking(ranked, gallery, targets)["topk"]["1"]
+    assert _fmt(got) == "86.9" and got == pytest.approx(493 / 567)

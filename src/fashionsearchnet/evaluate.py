@@ -33,6 +33,9 @@ from .schema import UNKNOWN, Schema, SchemaError, catalog_columns
 from .search import Edit
 
 REPORT_SCHEMA_VERSION = 1
+# decimals kept in report.json: enough that the tables' one-decimal percentages round the exact
+# fraction (4 decimals rounded twice: 493/567 = 86.949 % was stored as 0.8695 and shown as 87.0)
+DIGITS = 10
 K_MAX = max(TOP_KS)
 
 
@@ -151,7 +154,7 @@ def rank_global(e: Embedded, rows: list[int], k: int = K_MAX) -> np.ndarray:
 def score_ranking(ranked: np.ndarray, gallery_labels: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
     match = exact_match(gallery_labels, ranked, targets)
     acc = topk_accuracy(match)
-    return {"queries": int(len(targets)), "topk": {str(k): round(v, 4) for k, v in acc.items()}, "ndcg30": round(ndcg(relevance(gallery_labels, ranked, targets), 30), 4)}
+    return {"queries": int(len(targets)), "topk": {str(k): round(v, DIGITS) for k, v in acc.items()}, "ndcg30": round(ndcg(relevance(gallery_labels, ranked, targets), 30), DIGITS)}
 
 
 # -- protocols ------------------------------------------------------------------------------------
@@ -206,12 +209,12 @@ def attribute_table(schema: Schema, e: Embedded, labels: np.ndarray) -> dict[str
     out = {}
     logits = np.split(e.emb.logits, np.cumsum(schema.num_values)[:-1], axis=1)
     for a, attr in enumerate(schema.attributes):
-        row = {"top1": round(attribute_accuracy(e.emb.pred[:, a], labels[:, a]), 4), "known": int((labels[:, a] != UNKNOWN).sum())}
+        row = {"top1": round(attribute_accuracy(e.emb.pred[:, a], labels[:, a]), DIGITS), "known": int((labels[:, a] != UNKNOWN).sum())}
         if attr.num_values > 5:
-            row["top3"] = round(attribute_accuracy(logits[a], labels[:, a], top=3), 4)
+            row["top3"] = round(attribute_accuracy(logits[a], labels[:, a], top=3), DIGITS)
         out[attr.name] = row
     vals = [r["top1"] for r in out.values() if not math.isnan(r["top1"])]
-    return {"per_attribute": out, "mean_top1": round(float(np.mean(vals)), 4) if vals else None}
+    return {"per_attribute": out, "mean_top1": round(float(np.mean(vals)), DIGITS) if vals else None}
 
 
 def localization_table(schema: Schema, e: Embedded, cat: Catalog, records) -> dict[str, Any]:
@@ -236,7 +239,7 @@ def localization_table(schema: Schema, e: Embedded, cat: Catalog, records) -> di
             continue
         iou = iou_hits(e.emb.rois[rows, a], gts)
         point = pointing_hits(e.emb.peaks[rows, a], gts)
-        out[attr.name] = {"region": attr.region, "items": len(rows), "iou50": round(float(iou.mean()), 4), "pointing": round(float(point.mean()), 4)}
+        out[attr.name] = {"region": attr.region, "items": len(rows), "iou50": round(float(iou.mean()), DIGITS), "pointing": round(float(point.mean()), DIGITS)}
     return out
 
 
