@@ -348,7 +348,7 @@ def test_map_kernel_validation_and_old_checkpoints():
 
 
 def test_roi_areas_against_a_loop():
-    from fashionsearchnet.train import roi_areas
+    from fashionsearchnet.localization import roi_areas
 
     g = torch.Generator().manual_seed(3)
     lo = torch.rand(4, 3, 2, generator=g) * 8

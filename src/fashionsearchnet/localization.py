@@ -184,3 +184,10 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     inter = (ix1 - ix0).clamp_min(0) * (iy1 - iy0).clamp_min(0)
     area = lambda t: (t[:, 2] - t[:, 0]).clamp_min(0) * (t[:, 3] - t[:, 1]).clamp_min(0)  # noqa: E731
     return inter / (area(a) + area(b) - inter).clamp_min(1e-12)
+
+def roi_areas(rois: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, A, 4) ROIs in map cells -> (B, A) their share of the picture. Without boxes to score
+    against (a retailer's own catalog), the val mean per attribute tells whether the maps localize:
+    an attribute whose ROIs cover most of the picture has a map that does not."""
+    h, w = grid
+    return (rois[..., 2] - rois[..., 0]) * (rois[..., 3] - rois[..., 1]) / (h * w)

@@ -34,7 +34,7 @@ from .catalog import read_catalog
 from .data import ImageSource, augment, fits_in_memory, normalise
 from .device import autocast, prepare_input, prepare_model, resolve_device, resolve_precision, to_device
 from .embed import compute_prototypes, embed_batches, iterate_images, save_prototypes, value_accuracy, Embedding
-from .localization import ROI_NORMS
+from .localization import ROI_NORMS, roi_areas
 from .losses import MINING, fsn_losses
 from .model import FashionSearchNet, ModelConfig
 from .sampler import PKBatchSampler
@@ -330,13 +330,6 @@ def validate(model: FashionSearchNet, source: ImageSource, labels: np.ndarray, d
     return {"gap_acc": gap.tolist(), "attr_acc": attr.tolist(), "gap_mean": float(np.nanmean(gap)), "attr_mean": float(np.nanmean(attr)),
             "roi_area": np.concatenate(areas).mean(0).round(4).tolist()}
 
-
-def roi_areas(rois: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, A, 4) ROIs in map cells -> (B, A) their share of the picture. Without boxes to score
-    against (a retailer's own catalog), the val mean per attribute tells whether the maps localize:
-    an attribute whose ROIs cover most of the picture has a map that does not."""
-    h, w = grid
-    return (rois[..., 2] - rois[..., 0]) * (rois[..., 3] - rois[..., 1]) / (h * w)
 
 
 def _prefetch(batches, source: ImageSource):
