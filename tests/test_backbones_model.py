@@ -147,12 +147,15 @@ def test_stages_shapes_and_invariants():
         torch.testing.assert_close(regions[:, 0], alt[:, 0])
 
 
+@pytest.mark.parametrize("max_maps", [(), (1,)])
 @pytest.mark.parametrize("pooling", ["gap", "lse", "max", "lse-contrast"])
-def test_map_pooling_against_a_loop_over_maps(pooling):
+def test_map_pooling_against_a_loop_over_maps(pooling, max_maps):
     """Each value's logit from its class-score map (CAM + bias), one map at a time. With lse-contrast
-    the logit is the map's log-sum-exp above its own mean, plus the bias: a flat map scores its bias."""
+    the logit is the map's log-sum-exp above its own mean, plus the bias: a flat map scores its bias.
+    The values of the attributes in ``max_maps`` (here attribute 1: values 3 and 4) score their map's
+    maximum whatever the pooling."""
 
-    m = tiny_model(aam_pooling=pooling, lse_r=3.0)
+    m = tiny_model(aam_pooling=pooling, lse_r=3.0, max_maps=max_maps)
     with torch.no_grad():
         m.gap_classifier.bias.copy_(torch.linspace(-1, 1, 9))
         conv7, got = m.forward_maps(m.forward_features(torch.randn(2, 3, 96, 96)))
@@ -161,8 +164,10 @@ def test_map_pooling_against_a_loop_over_maps(pooling):
                 cam = torch.einsum("k,khw->hw", m.gap_classifier.weight[v], conv7[b]).flatten()
                 bias = m.gap_classifier.bias[v]
                 s = cam + bias
+                attribute = 0 if v < 3 else 1 if v < 5 else 2
+                own = "max" if attribute in max_maps else pooling
                 want = {"gap": s.mean(), "max": s.max(), "lse": torch.log(torch.exp(3.0 * s).mean()) / 3.0,
-                        "lse-contrast": torch.log(torch.exp(3.0 * cam).mean()) / 3.0 - cam.mean() + bias}[pooling]
+                        "lse-contrast": torch.log(torch.exp(3.0 * cam).mean()) / 3.0 - cam.mean() + bias}[own]
                 torch.testing.assert_close(got[b, v], want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="aam_pooling must be one of gap, lse, max, lse-contrast"):
         tiny_model(aam_pooling="mean")

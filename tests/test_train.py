@@ -332,3 +332,29 @@ def test_median_rois_option():
     for a in range(3):
         assert torch.equal(rois[:, a], boxes_from_maps(maps[:, a], cfg.threshold_of(a), cfg.roi_upsample, cfg.norm_of(a)))
     assert not torch.equal(rois[:, 1], boxes_from_maps(maps[:, 1], 0.4, cfg.roi_upsample, "minmax"))
+
+
+def test_max_maps_option():
+    """``max_maps=NAME`` max-pools that attribute's class-score maps (the others keep aam_pooling):
+    resolved by name, held-out attributes skipped, stored in the checkpoint, absent from older ones
+    (none), refused for an unknown or repeated attribute. The pooling itself: the loop test in
+    test_backbones_model.py."""
+    from fashionsearchnet.train import TrainConfig
+
+    names = ("category", "neckline", "color")
+    tc = TrainConfig(max_maps="neckline, color", aam_pooling="lse", backbone="alexnet", image_size=64, conv_channels=16, hidden=16, embed_dim=8)
+    cfg = tc.model_config((3, 2, 4), (), names)
+    assert cfg.max_maps == (1, 2) and cfg.aam_pooling == "lse"
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    old = cfg.to_dict()
+    del old["max_maps"]
+    assert ModelConfig.from_dict(old).max_maps == ()
+    assert FashionSearchNet(cfg).value_max.tolist() == [False] * 3 + [True] * 6
+    held = TrainConfig(max_maps="neckline", hold_out="neckline", backbone="alexnet").model_config((3, 4), (), ("category", "color"))
+    assert held.max_maps == ()
+    with pytest.raises(ValueError, match="max_maps: unknown attribute 'collar'"):
+        TrainConfig(max_maps="collar").model_config((3, 2, 4), (), names)
+    with pytest.raises(ValueError, match="max_maps"):
+        ModelConfig(num_values=(3, 2), max_maps=(1, 1))
+    with pytest.raises(ValueError, match="need the attribute names"):
+        TrainConfig(max_maps="neckline").model_config((3, 2, 4), ())

@@ -74,6 +74,9 @@ class ModelConfig:
     # map's average, so it cannot win with a plateau, e.g. by the absence of the other values' evidence)
     aam_pooling: str = "gap"
     lse_r: float = 5.0  # sharpness of lse pooling
+    # attributes whose class-score maps are max-pooled whatever aam_pooling says: a value then wins
+    # only by its single strongest cell (() = aam_pooling for all, checkpoints before the option too)
+    max_maps: tuple[int, ...] = ()
     map_padding: str = "zeros"  # conv6/conv7 padding; "replicate" gives border cells no artificial response
     # conv6/conv7 kernel size (odd): 3 as in CAM-style heads; 1 adds no spatial spread of its own, so
     # a part's map is no wider than the backbone's features make it (checkpoints before the option: 3)
@@ -97,7 +100,7 @@ class ModelConfig:
             raise ValueError(f"aam_pooling must be one of {', '.join(AAM_POOLINGS)}, got {self.aam_pooling!r}")
         if self.roi_norm not in ROI_NORMS:
             raise ValueError(f"roi_norm must be one of {', '.join(ROI_NORMS)}, got {self.roi_norm!r}")
-        for option in ("attribute_rois", "median_rois", "coarse_maps"):  # attribute indices
+        for option in ("attribute_rois", "median_rois", "coarse_maps", "max_maps"):  # attribute indices
             idx = getattr(self, option)
             if any(not 0 <= a < len(self.num_values) for a in idx) or len(set(idx)) != len(idx):
                 raise ValueError(f"{option} {idx}: expected distinct attributes in 0..{len(self.num_values) - 1}")
@@ -141,7 +144,7 @@ class ModelConfig:
         d["region_pairs"] = tuple(tuple(p) for p in d.get("region_pairs", ()))
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         d["roi_thresholds"] = tuple(float(t) for t in d.get("roi_thresholds", ()))
-        for option in ("attribute_rois", "median_rois", "coarse_maps"):  # absent from older checkpoints: none
+        for option in ("attribute_rois", "median_rois", "coarse_maps", "max_maps"):  # absent from older checkpoints: none
             d[option] = tuple(int(a) for a in d.get(option, ()))
         d.setdefault("roi_sampling", 2)  # what checkpoints written before the option used
         d.setdefault("map_kernel", 3)
@@ -244,6 +247,8 @@ class FashionSearchNet(nn.Module):
         self.register_buffer("padded_pos", padded_pos, persistent=False)
         self.register_buffer("roi_thr", torch.tensor([cfg.threshold_of(a) for a in range(cfg.num_attributes)]), persistent=False)
         self.register_buffer("roi_median", torch.tensor([a in cfg.median_rois for a in range(cfg.num_attributes)]), persistent=False)
+        # per stacked value: max-pooled (its attribute is in max_maps) or pooled by aam_pooling
+        self.register_buffer("value_max", torch.tensor([a in cfg.max_maps for a, n in enumerate(cfg.num_values) for _ in range(n)]), persistent=False)
 
     # -- stages ---------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> Features:
@@ -266,16 +271,25 @@ class FashionSearchNet(nn.Module):
             # coarse head's output is repeated onto the fine grid, so one tensor carries both
             coarse = F.relu(self.conv7c(F.relu(self.conv6c(x[..., ::2, ::2]))))
             conv7 = torch.cat([conv7, F.interpolate(coarse, size=conv7.shape[-2:], mode="nearest")], 1)
-        if self.cfg.aam_pooling == "gap":  # = mean of the class-score maps, computed cheaply
+        if self.cfg.aam_pooling == "gap" and not self.cfg.max_maps:  # = mean of the class-score maps, computed cheaply
             return conv7, F.linear(conv7.mean((2, 3)), self.gap_weight(), self.gap_classifier.bias)
         scores = self.all_activation_maps(conv7).flatten(2) + self.gap_classifier.bias.view(1, -1, 1).to(conv7.dtype)
+        logits = self._pool_scores(scores)
+        if self.cfg.max_maps:
+            logits = torch.where(self.value_max, scores.amax(2).float(), logits.float())
+        return conv7, logits
+
+    def _pool_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """(B, V, cells) class-score maps → (B, V) logits by ``aam_pooling``."""
+        if self.cfg.aam_pooling == "gap":
+            return scores.mean(2)
         if self.cfg.aam_pooling == "max":
-            return conv7, scores.amax(2)
+            return scores.amax(2)
         r = self.cfg.lse_r
         lse = (torch.logsumexp(r * scores.float(), 2) - math.log(scores.shape[2])) / r
         if self.cfg.aam_pooling == "lse-contrast":  # the bias cancels in lse − mean: add it back
-            return conv7, lse - scores.float().mean(2) + self.gap_classifier.bias.float()
-        return conv7, lse
+            return lse - scores.float().mean(2) + self.gap_classifier.bias.float()
+        return lse
 
     def activation_maps(self, conv7: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """AAM of attribute a for value values[b, a]: Σ_k W_a[v, k] · conv7_k (class activation map)."""

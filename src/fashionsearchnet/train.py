@@ -72,6 +72,7 @@ class TrainConfig:
     dilate_from: int = -1  # backbone stage from which the stride is removed (see ModelConfig)
     aam_pooling: str = "gap"
     lse_r: float = 5.0
+    max_maps: str = ""  # attributes (comma-separated) whose class-score maps are max-pooled whatever aam_pooling says
     map_padding: str = "zeros"
     map_kernel: int = 3  # conv6/conv7 kernel size (see ModelConfig)
     pool_from: str = "conv5"  # conv5 | maps (see ModelConfig)
@@ -169,7 +170,7 @@ class TrainConfig:
         return tuple(out[n] for n in names)
 
     def attribute_indices(self, option: str, names: Sequence[str]) -> tuple[int, ...]:
-        """A comma-separated attribute option (``attribute_rois``, ``median_rois``, ``coarse_maps``) resolved against
+        """A comma-separated attribute option (``attribute_rois``, ``median_rois``, ``coarse_maps``, ``max_maps``) resolved against
         the attribute names (held-out ones skipped)."""
         held = self._held_elsewhere(names)
         out = []
@@ -185,8 +186,8 @@ class TrainConfig:
         from .backbones import backbone_info
 
         info = backbone_info(self.backbone)
-        if any(getattr(self, o).strip() for o in ("roi_thresholds", "attribute_rois", "median_rois", "coarse_maps")) and len(names) != len(num_values):
-            raise ValueError("roi_thresholds, attribute_rois, median_rois and coarse_maps need the attribute names")
+        if any(getattr(self, o).strip() for o in ("roi_thresholds", "attribute_rois", "median_rois", "coarse_maps", "max_maps")) and len(names) != len(num_values):
+            raise ValueError("roi_thresholds, attribute_rois, median_rois, coarse_maps and max_maps need the attribute names")
         return ModelConfig(
             num_values=num_values, backbone=self.backbone, image_size=self.image_size, conv_channels=self.conv_channels,
             roi_size=self.roi_size, hidden=self.hidden, embed_dim=self.embed_dim, roi_threshold=self.roi_threshold,
@@ -194,7 +195,7 @@ class TrainConfig:
             median_rois=self.attribute_indices("median_rois", names),
             coarse_maps=self.attribute_indices("coarse_maps", names), coarse_channels=self.coarse_channels,
             roi_upsample=self.roi_upsample, roi_norm=self.roi_norm, localization=self.localization, freeze_bn=self.freeze_bn, frozen_stages=self.frozen_stages,
-            map_stage=self.map_stage, dilate_from=self.dilate_from, aam_pooling=self.aam_pooling, lse_r=self.lse_r, map_padding=self.map_padding, map_kernel=self.map_kernel, pool_from=self.pool_from, roi_sampling=self.roi_sampling,
+            map_stage=self.map_stage, dilate_from=self.dilate_from, aam_pooling=self.aam_pooling, lse_r=self.lse_r, max_maps=self.attribute_indices("max_maps", names), map_padding=self.map_padding, map_kernel=self.map_kernel, pool_from=self.pool_from, roi_sampling=self.roi_sampling,
             region_pairs=region_pairs, mean=info.mean, std=info.std,
         )
 
