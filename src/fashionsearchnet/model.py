@@ -34,6 +34,8 @@ from .localization import ROI_NORMS, attribute_maps, boxes_from_maps, whole_map_
 
 
 AAM_POOLINGS = ("gap", "lse", "max", "lse-contrast")
+# ModelConfig options that name a set of attributes (by index; by name in TrainConfig)
+ATTRIBUTE_SET_OPTIONS = ("attribute_rois", "median_rois", "coarse_maps", "max_maps")
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class ModelConfig:
             raise ValueError(f"aam_pooling must be one of {', '.join(AAM_POOLINGS)}, got {self.aam_pooling!r}")
         if self.roi_norm not in ROI_NORMS:
             raise ValueError(f"roi_norm must be one of {', '.join(ROI_NORMS)}, got {self.roi_norm!r}")
-        for option in ("attribute_rois", "median_rois", "coarse_maps", "max_maps"):  # attribute indices
+        for option in ATTRIBUTE_SET_OPTIONS:
             idx = getattr(self, option)
             if any(not 0 <= a < len(self.num_values) for a in idx) or len(set(idx)) != len(idx):
                 raise ValueError(f"{option} {idx}: expected distinct attributes in 0..{len(self.num_values) - 1}")
@@ -144,7 +146,7 @@ class ModelConfig:
         d["region_pairs"] = tuple(tuple(p) for p in d.get("region_pairs", ()))
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         d["roi_thresholds"] = tuple(float(t) for t in d.get("roi_thresholds", ()))
-        for option in ("attribute_rois", "median_rois", "coarse_maps", "max_maps"):  # absent from older checkpoints: none
+        for option in ATTRIBUTE_SET_OPTIONS:  # absent from older checkpoints: none
             d[option] = tuple(int(a) for a in d.get(option, ()))
         d.setdefault("roi_sampling", 2)  # what checkpoints written before the option used
         d.setdefault("map_kernel", 3)

@@ -36,7 +36,7 @@ from .device import autocast, prepare_input, prepare_model, resolve_device, reso
 from .embed import compute_prototypes, embed_batches, iterate_images, save_prototypes, value_accuracy, Embedding
 from .localization import ROI_NORMS, roi_areas
 from .losses import MINING, fsn_losses
-from .model import FashionSearchNet, ModelConfig
+from .model import ATTRIBUTE_SET_OPTIONS, FashionSearchNet, ModelConfig
 from .sampler import PKBatchSampler
 from .schema import catalog_columns
 
@@ -186,8 +186,9 @@ class TrainConfig:
         from .backbones import backbone_info
 
         info = backbone_info(self.backbone)
-        if any(getattr(self, o).strip() for o in ("roi_thresholds", "attribute_rois", "median_rois", "coarse_maps", "max_maps")) and len(names) != len(num_values):
-            raise ValueError("roi_thresholds, attribute_rois, median_rois, coarse_maps and max_maps need the attribute names")
+        by_name = ("roi_thresholds", *ATTRIBUTE_SET_OPTIONS)
+        if any(getattr(self, o).strip() for o in by_name) and len(names) != len(num_values):
+            raise ValueError(f"{', '.join(by_name[:-1])} and {by_name[-1]} need the attribute names")
         return ModelConfig(
             num_values=num_values, backbone=self.backbone, image_size=self.image_size, conv_channels=self.conv_channels,
             roi_size=self.roi_size, hidden=self.hidden, embed_dim=self.embed_dim, roi_threshold=self.roi_threshold,
