@@ -6,7 +6,7 @@ import pytest
 
 from fashionsearchnet.catalog import read_catalog
 from fashionsearchnet.cli import main
-from fashionsearchnet.synthetic import COLORS, PALETTE, SKIN, Spec, make_item, render, sample_spec, schema
+from fashionsearchnet.synthetic import COLORS, PALETTE, SKIN, Spec, make_item, neckline_box, render, sample_spec, schema
 from fashionsearchnet.schema import UNKNOWN
 
 
@@ -68,6 +68,26 @@ def test_round_neck_has_a_collar_band_inside_the_neck_area(color):
         if neckline == 0:
             assert _mask(a, SKIN).sum() > 20  # the opening is still drawn inside the band
     assert band[0] > 40 and band[1] == band[2] == 0  # only the round neck has one
+
+
+@pytest.mark.parametrize("neckline", range(3))
+@pytest.mark.parametrize("angle", [-11.0, 0.0, 8.0])
+def test_neckline_box_fits_the_drawn_neckline_inside_the_neck_area(neckline, angle):
+    from fashionsearchnet.synthetic import _ink
+
+    bg = (128, 128, 128)
+    spec = Spec(category=neckline, color=COLORS.index("blue"), pattern=0, sleeve_length=0, sleeve_color=0, neckline=neckline,
+                angle=angle, background=bg, cx=0.5, cy=0.5, scale=0.95)
+    img, boxes = render(spec, 128)
+    a = np.asarray(img)
+    drawn = _mask(a, SKIN) | _mask(a, _ink(PALETTE["blue"]))  # the opening and the round neck's band
+    box = neckline_box(spec, 128)
+    assert not (drawn & ~_inside(drawn, [box], tol=1.5)).any()  # every drawn pixel lies in the box (wide-line rasterizing: 1.5 px) ...
+    yy, xx = np.nonzero(drawn)
+    x0, y0, x1, y1 = box  # ... and the box is tight: drawn pixels reach each of its edges
+    assert xx.min() + 0.5 - x0 < 2 and x1 - (xx.max() + 0.5) < 2 and yy.min() + 0.5 - y0 < 2 and y1 - (yy.max() + 0.5) < 2
+    n0, n1 = boxes["neck"][0][:2], boxes["neck"][0][2:]
+    assert n0[0] - 1 <= x0 and n0[1] - 1 <= y0 and x1 <= n1[0] + 1 and y1 <= n1[1] + 1  # inside the neck area
 
 
 def test_no_sleeves_no_sleeve_box_and_unknown_colour():

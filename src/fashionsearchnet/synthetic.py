@@ -173,6 +173,29 @@ def _neck(neckline: int, top: float) -> list[tuple[float, float]]:
     return [(-0.15, top), (0.15, top), (0.13, top + 0.05), (-0.13, top + 0.05)]  # boat: wide and shallow
 
 
+def _collar_band(spec: Spec, size: int, top: float) -> tuple[list[tuple[float, float]], int]:
+    """The round neck's collar band: its centre line (garment frame) and its width in pixels."""
+    line = [(ROUND_BAND * math.cos(t), top + ROUND_BAND * math.sin(t)) for t in np.linspace(0, math.pi, 17)]
+    return line, max(2, round(0.035 * spec.scale * size))
+
+
+def neckline_box(spec: Spec, size: int) -> tuple[float, float, float, float]:
+    """The pixel box of the neckline as drawn: its skin opening and, for a round neck, the collar band.
+
+    Not a ground-truth region of the catalog (the ``neck`` box is the area any neckline may cover,
+    the same for every value): it measures how much of that area a box fitting the drawn neckline
+    alone can cover (``bench/neck_box_bound.py``).
+    """
+    tf = _transform(spec, size)
+    _, top, _ = _silhouette(spec.category)
+    pts = tf(_neck(spec.neckline, top))
+    if spec.neckline == 0:
+        line, width = _collar_band(spec, size, top)
+        r = ROUND_BAND + width / 2 / (spec.scale * size)  # the band's outer edge
+        pts += tf([(r * math.cos(t), top + r * math.sin(t)) for t in np.linspace(0, math.pi, 33)])
+    return _bbox(pts, size)
+
+
 def _transform(spec: Spec, size: int):
     a = math.radians(spec.angle)
     ca, sa = math.cos(a), math.sin(a)
@@ -243,8 +266,8 @@ def render(spec: Spec, size: int) -> tuple[Image.Image, dict[str, list[tuple[flo
         # a round neck's ribbed collar band: evidence of its own in the neck area. Without it the
         # network recognised `round` by the absence of v-neck and boat outlines, and its activation
         # map lit the background (README, "Localization")
-        band = [(ROUND_BAND * math.cos(t), top + ROUND_BAND * math.sin(t)) for t in np.linspace(0, math.pi, 17)]
-        draw.line(tf(band), fill=_ink(body_color), width=max(2, round(0.035 * spec.scale * size)), joint="curve")
+        band, width = _collar_band(spec, size, top)
+        draw.line(tf(band), fill=_ink(body_color), width=width, joint="curve")
     if spec.category == 2:  # the coat's opening
         neck_bottom = max(p[1] for p in _neck(spec.neckline, top)) - top
         draw.line(tf([(0, top + neck_bottom), (0, 0.38)]), fill=(20, 20, 20), width=max(1, round(0.012 * spec.scale * size)))
