@@ -184,13 +184,13 @@ def neckline_box(spec: Spec, size: int) -> tuple[float, float, float, float]:
 
     Not a ground-truth region of the catalog (the ``neck`` box is the area any neckline may cover,
     the same for every value): it measures how much of that area a box fitting the drawn neckline
-    alone can cover (``bench/neck_box_bound.py``).
+    alone can cover (``bench/region_boxes.py``).
     """
     tf = _transform(spec, size)
     _, top, _ = _silhouette(spec.category)
     pts = tf(_neck(spec.neckline, top))
     if spec.neckline == 0:
-        line, width = _collar_band(spec, size, top)
+        _, width = _collar_band(spec, size, top)
         r = ROUND_BAND + width / 2 / (spec.scale * size)  # the band's outer edge
         pts += tf([(r * math.cos(t), top + r * math.sin(t)) for t in np.linspace(0, math.pi, 33)])
     return _bbox(pts, size)
